@@ -1,0 +1,247 @@
+"""Command line: options in, one library call, exit status out. No decisions live here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import typer
+from typer.core import TyperGroup
+
+from nsrun.errors import EXIT_NSRUN_FAILED, EXIT_USAGE, NsrunError, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from typer import _click as click
+    from typer.core import _click  # noqa: F401
+
+__all__ = ["app", "main"]
+
+_ARGV_KEY: Final = "nsrun.argv"
+_EXIT_INTERRUPTED: Final = 130
+_HELP_EPILOG: Final = """\
+Exit status: the command's own; 128+N if it died of signal N; 127 command not found;
+126 command not executable; 125 nsrun itself failed; 2 usage error.
+Every error is one line on stderr; --debug or NSRUN_DEBUG=1 adds the traceback.
+Environment: NSRUN_DEBUG=1 (tracebacks). State: /run/nsrun (leases), /var/lib/nsrun (networks).
+"""
+
+
+class _LauncherGroup(TyperGroup):
+    """`nsrun [OPTIONS] [--] CMD [ARGS...]` next to subcommands: anything after `--`, or any first
+    word that is not a subcommand, is the command to run, with all its own options and `--`s."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        original = list(args)
+        rest = super().parse_args(ctx, args)
+        remaining = [*ctx._protected_args, *ctx.args]  # noqa: SLF001  # click keeps the subcommand name here
+        consumed = len(original) - len(remaining)
+        after_separator = consumed > 0 and original[consumed - 1] == "--"
+        if remaining and (after_separator or remaining[0] not in self.commands):
+            ctx.meta[_ARGV_KEY] = remaining
+            ctx._protected_args, ctx.args = [], []  # noqa: SLF001
+            return []
+        return rest
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:  # noqa: ARG002
+        return ["[OPTIONS] [--] CMD [ARGS]...", "|", "network SUBCOMMAND ..."]
+
+
+app = typer.Typer(
+    cls=_LauncherGroup,
+    add_completion=False,
+    invoke_without_command=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]},
+    epilog=_HELP_EPILOG,
+)
+network_app = typer.Typer(
+    help="Manage named networks: one bridge, one subnet and its NAT rules each.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(network_app, name="network")
+
+_state: dict[str, bool] = {"debug": False}
+
+
+@app.callback()
+def launch(
+    ctx: typer.Context,
+    net: Annotated[
+        str, typer.Option("--net", metavar="MODE", help="bridge: own namespace on a network with NAT; none: loopback only; host: no new namespace.")
+    ] = "bridge",
+    network: Annotated[str, typer.Option("--network", metavar="NAME", help="Network to join (created on first use if it is the default).")] = "nsrun",
+    ip: Annotated[str | None, typer.Option("--ip", metavar="ADDR", help="Static address inside the network's subnet.")] = None,
+    mac: Annotated[str | None, typer.Option("--mac", metavar="MAC", help="MAC address of the sandbox's eth0.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and progress on stderr.")] = False,  # noqa: FBT002
+) -> None:
+    """Run CMD in its own network namespace, on a host bridge, with an address from the network's
+    pool, a default route and NAT to the outside. Everything from CMD on belongs to the command.
+
+    \b
+    Examples:
+      sudo nsrun -- curl -sI https://example.org
+      sudo nsrun --network lab --ip 10.123.0.7 -- ./server
+      sudo nsrun --net none -- ./untrusted
+      sudo nsrun network create lab --subnet 10.123.0.0/24
+    """
+    _state["debug"] = _state["debug"] or debug
+    if ctx.invoked_subcommand is not None:
+        return
+    argv = ctx.meta.get(_ARGV_KEY, [])
+    if not argv:
+        raise UsageError("no command given", "nsrun needs a command to run", "usage: nsrun [OPTIONS] [--] CMD [ARGS...]; see nsrun --help")
+    from nsrun.sandbox import SandboxRequest  # noqa: PLC0415
+
+    request = SandboxRequest.parse(argv, net=net, network=network, ip=ip, mac=mac)
+    raise typer.Exit(_run(request))
+
+
+def _run(request: Any) -> int:
+    from nsrun.process.supervisor import Supervisor  # noqa: PLC0415
+    from nsrun.sandbox import Sandbox  # noqa: PLC0415
+
+    supervisor = Supervisor()
+    with supervisor.handling_signals():
+        sandbox = Sandbox(request)
+        sandbox.setup()
+        try:
+            status = sandbox.run(supervisor)
+        finally:
+            try:
+                sandbox.teardown()
+            except NsrunError as err:  # the command's status wins; say what was left behind
+                _print_error(err, prefix="warning: ")
+    return status
+
+
+# -- network subcommands --------------------------------------------------------------------------
+
+
+def _host() -> Any:
+    from nsrun.net import netlink  # noqa: PLC0415
+
+    return netlink.IPRoute()
+
+
+@network_app.command("create")
+def network_create(
+    name: Annotated[str, typer.Argument(help="Network name.")],
+    subnet: Annotated[str | None, typer.Option("--subnet", metavar="CIDR", help="IPv4 subnet; a free private /24 if left out.")] = None,
+    gateway: Annotated[str | None, typer.Option("--gateway", metavar="ADDR", help="Bridge address; the subnet's first host by default.")] = None,
+    bridge: Annotated[str | None, typer.Option("--bridge", metavar="IFNAME", help="Bridge name, at most 15 bytes; nsbr-NAME by default.")] = None,
+) -> None:
+    """Create a network: a bridge holding the gateway address, an address pool, NAT rules."""
+    from nsrun.networks import manager  # noqa: PLC0415
+    from nsrun.paths import StateDirs  # noqa: PLC0415
+    from nsrun.validate import parse_address, parse_subnet, validate_ifname, validate_name  # noqa: PLC0415
+
+    validate_name(name)
+    parsed_subnet = parse_subnet(subnet) if subnet is not None else None
+    parsed_gateway = parse_address(gateway, option="--gateway") if gateway is not None else None
+    if bridge is not None:
+        validate_ifname(bridge)
+    with _closing(_host()) as ipr:
+        spec = manager.create_network(StateDirs(), ipr, name, parsed_subnet, gateway=parsed_gateway, bridge=bridge)
+    typer.echo(f"{spec.name} {spec.subnet} gateway {spec.gateway} bridge {spec.bridge}")
+
+
+@network_app.command("ls")
+def network_ls() -> None:
+    """List networks and how many sandboxes use each."""
+    from nsrun.networks import manager  # noqa: PLC0415
+    from nsrun.networks.store import NetworkStore  # noqa: PLC0415
+    from nsrun.paths import StateDirs  # noqa: PLC0415
+
+    dirs = StateDirs()
+    rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "FIREWALL", "SANDBOXES")]
+    with _closing(_host()) as ipr:
+        for spec in NetworkStore(dirs.networks).all():
+            users = len(manager.live_leases(dirs, ipr, spec.name))
+            rows.append((spec.name, str(spec.subnet), str(spec.gateway), spec.bridge, spec.firewall, str(users)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@network_app.command("inspect")
+def network_inspect(name: Annotated[str, typer.Argument(help="Network name.")]) -> None:
+    """Show a network's definition and its sandboxes as JSON."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from nsrun.errors import NotFoundError  # noqa: PLC0415
+    from nsrun.networks import manager  # noqa: PLC0415
+    from nsrun.networks.store import NetworkStore  # noqa: PLC0415
+    from nsrun.paths import StateDirs  # noqa: PLC0415
+
+    dirs = StateDirs()
+    spec = NetworkStore(dirs.networks).get(name)
+    if spec is None:
+        raise NotFoundError(f"network {name!r}", "no such network", "see `nsrun network ls`")
+    with _closing(_host()) as ipr:
+        leases = manager.live_leases(dirs, ipr, name)
+    data = spec.to_dict() | {"sandboxes": [asdict(lease) for lease in leases]}
+    typer.echo(json.dumps(data, indent=2))
+
+
+@network_app.command("rm")
+def network_rm(name: Annotated[str, typer.Argument(help="Network name.")]) -> None:
+    """Remove a network, its bridge and its rules; refused while a sandbox uses it."""
+    from nsrun.networks import manager  # noqa: PLC0415
+    from nsrun.paths import StateDirs  # noqa: PLC0415
+
+    with _closing(_host()) as ipr:
+        manager.remove_network(StateDirs(), ipr, name)
+    typer.echo(name)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+class _closing:  # noqa: N801  # reads like contextlib.closing
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    def __enter__(self) -> Any:
+        return self.handle
+
+    def __exit__(self, *_: object) -> None:
+        self.handle.close()
+
+
+def _print_error(err: BaseException, *, prefix: str = "") -> None:
+    if _state["debug"]:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"nsrun: {prefix}{err}", file=sys.stderr)  # noqa: T201  # the one line a user reads
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from typer import _click as click  # noqa: PLC0415
+
+    _state["debug"] = os.environ.get("NSRUN_DEBUG", "") not in ("", "0")
+    try:
+        status = app(args=argv, prog_name="nsrun", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as err:
+        typer.echo(err.ctx.get_help() if err.ctx else "", err=True)
+        status = EXIT_USAGE
+    except click.exceptions.UsageError as err:
+        hint = f"see '{err.ctx.command_path} --help'" if err.ctx else "see 'nsrun --help'"
+        _print_error(UsageError("invalid usage", err.format_message().rstrip("."), hint))
+        status = EXIT_USAGE
+    except typer.Abort:
+        status = _EXIT_INTERRUPTED
+    except NsrunError as err:
+        _print_error(err)
+        status = err.exit_code
+    except KeyboardInterrupt:
+        status = _EXIT_INTERRUPTED
+    except Exception as err:  # noqa: BLE001  # never a bare traceback for the user
+        _print_error(NsrunError("internal error", f"{type(err).__name__}: {err}", "rerun with --debug and report it"))
+        status = EXIT_NSRUN_FAILED
+    sys.exit(status if isinstance(status, int) else 0)

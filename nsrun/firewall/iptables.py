@@ -1,0 +1,222 @@
+"""The python-iptables (libiptc, legacy x_tables) backend; the only module that imports iptc.
+
+Layout: nsrun's own chains, each entered by one jump at the top of its built-in chain:
+filter NSRUN-FORWARD (from FORWARD) and nat NSRUN-POSTROUTING (from POSTROUTING). Each rule
+carries the comment `nsrun:<network>`, which is how a network's rules are found and removed.
+libiptc rewrites a whole table per commit and takes no lock of its own: every change happens
+under the xtables lock, in one commit per table, followed by refresh() (a committed handle is
+stale and a second commit on it fails with EAGAIN).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sysconfig
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.errors import NsrunError
+from nsrun.firewall.rules import Hook
+from nsrun.firewall.xtables_lock import xtables_lock
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from nsrun.firewall.rules import NetworkRules, Rule
+
+__all__ = ["FORWARD_CHAIN", "POSTROUTING_CHAIN", "IptablesBackend"]
+
+FORWARD_CHAIN: Final = "NSRUN-FORWARD"
+POSTROUTING_CHAIN: Final = "NSRUN-POSTROUTING"
+JUMP_COMMENT: Final = "nsrun"
+_FILTER: Final = "filter"
+_NAT: Final = "nat"
+
+
+def _xtables_libdir() -> str | None:
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    for candidate in (f"/usr/lib/{multiarch}/xtables", "/usr/lib64/xtables", "/usr/lib/xtables"):
+        if Path(candidate).is_dir():
+            return candidate
+    return None
+
+
+@contextlib.contextmanager
+def _fast_import_environment() -> Iterator[None]:
+    """iptc probes for its libraries with ldconfig and gcc unless told where they are; and under
+    setuptools' distutils shim its `import distutils` pulls in all of setuptools (~0.4 s). The
+    variables are set for the import only: the sandboxed command must not inherit them."""
+    saved = {key: os.environ.get(key) for key in ("XTABLES_LIBDIR",)}
+    libdir = _xtables_libdir()
+    if libdir and not saved["XTABLES_LIBDIR"]:
+        os.environ["XTABLES_LIBDIR"] = libdir
+    with contextlib.suppress(ImportError):
+        import _distutils_hack  # type: ignore[import-not-found]  # noqa: PLC0415
+
+        _distutils_hack.remove_shim()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _load_iptc() -> ModuleType:
+    with _fast_import_environment():
+        try:
+            import iptc  # type: ignore[import-untyped]  # noqa: PLC0415
+            import iptc.easy  # type: ignore[import-untyped]  # noqa: PLC0415
+        except Exception as err:  # iptc raises plain exceptions when a library or kernel table is missing
+            raise NsrunError(
+                "loading python-iptables",
+                str(err),
+                "install the iptables package, or set NSRUN_FIREWALL=nftables",
+            ) from err
+    return iptc
+
+
+class IptablesBackend:
+    name = "iptables"
+
+    def __init__(self) -> None:
+        self._iptc = _load_iptc()
+
+    def ensure_network(self, rules: NetworkRules) -> bool:
+        with self._errors(f"installing iptables rules of network {rules.network!r}"), xtables_lock():
+            changed = self._ensure(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules.inbound, rules.outbound, rules)
+            return self._ensure(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, (), rules.nat, rules) or changed
+
+    def teardown_network(self, rules: NetworkRules) -> None:
+        with self._errors(f"removing iptables rules of network {rules.network!r}"), xtables_lock():
+            self._teardown(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules)
+            self._teardown(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules)
+
+    def network_present(self, rules: NetworkRules) -> bool:
+        with self._errors(f"reading iptables rules of network {rules.network!r}"):
+            filter_table, nat_table = self._table(_FILTER), self._table(_NAT)
+            return self._in_place(
+                filter_table, Hook.FORWARD, FORWARD_CHAIN, rules.inbound + rules.outbound, rules
+            ) and self._in_place(nat_table, Hook.POSTROUTING, POSTROUTING_CHAIN, rules.nat, rules)
+
+    # -- one table ------------------------------------------------------------------------------
+
+    def _ensure(
+        self, table_name: str, hook: Hook, chain_name: str, head: tuple[Rule, ...], tail: tuple[Rule, ...],
+        rules: NetworkRules,
+    ) -> bool:
+        table = self._table(table_name)
+        if self._in_place(table, hook, chain_name, head + tail, rules):
+            return False
+        iptc = self._iptc
+        if not table.is_chain(chain_name):
+            table.create_chain(chain_name)
+        if not self._has_jump(table, hook, chain_name):
+            iptc.Chain(table, hook.value).insert_rule(self._jump(chain_name), 0)
+        chain = iptc.Chain(table, chain_name)
+        for rule in self._ours(chain, rules):
+            chain.delete_rule(rule)
+        for rule in reversed(head):
+            chain.insert_rule(self._render(rule), 0)
+        for rule in tail:
+            chain.append_rule(self._render(rule))
+        self._commit(table)
+        return True
+
+    def _teardown(self, table_name: str, hook: Hook, chain_name: str, rules: NetworkRules) -> None:
+        table = self._table(table_name)
+        if not table.is_chain(chain_name):
+            return
+        chain = self._iptc.Chain(table, chain_name)
+        ours = self._ours(chain, rules)
+        for rule in ours:
+            chain.delete_rule(rule)
+        if len(chain.rules) == 0:
+            # the last nsrun network is gone: leave nothing of nsrun in the table
+            if self._has_jump(table, hook, chain_name):
+                self._iptc.Chain(table, hook.value).delete_rule(self._jump(chain_name))
+            table.delete_chain(chain_name)
+        elif not ours:
+            return
+        self._commit(table)
+
+    def _in_place(
+        self, table: Any, hook: Hook, chain_name: str, expected: tuple[Rule, ...], rules: NetworkRules
+    ) -> bool:
+        if not table.is_chain(chain_name) or not self._has_jump(table, hook, chain_name):
+            return False
+        current = self._ours(self._iptc.Chain(table, chain_name), rules)
+        return [self._canonical(r) for r in current] == [self._canonical(self._render(r)) for r in expected]
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _table(self, name: str) -> Any:
+        table = self._iptc.Table(name)
+        table.autocommit = False
+        table.refresh()
+        return table
+
+    @staticmethod
+    def _commit(table: Any) -> None:
+        table.commit()
+        table.refresh()
+
+    @staticmethod
+    def _has_jump(table: Any, hook: Hook, chain_name: str) -> bool:
+        # walks raw entries in C: decoding a busy host's built-in chain into Rule objects is slow
+        entry = table.first_rule(hook.value)
+        while entry:
+            target = table.get_target(entry)
+            if target and target.decode() == chain_name:
+                return True
+            entry = table.next_rule(entry)
+        return False
+
+    def _canonical(self, rule: Any) -> dict[str, Any]:
+        # iptc's Rule.__eq__ does not match a decoded rule against a freshly built one
+        decoded: dict[str, Any] = self._iptc.easy.decode_iptc_rule(rule)
+        decoded.pop("counters", None)
+        return decoded
+
+    def _jump(self, chain_name: str) -> Any:
+        rule = self._iptc.Rule()
+        rule.create_match("comment").comment = JUMP_COMMENT
+        rule.target = self._iptc.Target(rule, chain_name)
+        return rule
+
+    @staticmethod
+    def _ours(chain: Any, rules: NetworkRules) -> list[Any]:
+        return [
+            rule for rule in chain.rules
+            if any(m.name == "comment" and m.comment == rules.comment for m in rule.matches)
+        ]
+
+    def _render(self, rule: Rule) -> Any:
+        out = self._iptc.Rule()
+        if rule.in_iface:
+            out.in_interface = rule.in_iface
+        if rule.out_iface:
+            out.out_interface = ("!" if rule.out_iface_negated else "") + rule.out_iface
+        if rule.source:
+            out.src = str(rule.source)
+        if rule.dest_negated:
+            out.dst = f"!{rule.dest_negated}"
+        if rule.ctstates:
+            out.create_match("conntrack").ctstate = ",".join(rule.ctstates)
+        out.create_match("comment").comment = rule.comment
+        out.target = self._iptc.Target(out, rule.verdict.value)
+        return out
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (self._iptc.IPTCError, self._iptc.XTablesError) as err:
+            raise NsrunError(action, str(err), "run `nsrun doctor` to check the kernel's ip_tables support") from err

@@ -1,0 +1,1 @@
+"""Address management: which address a sandbox gets, and the leases that record it."""

@@ -1,0 +1,174 @@
+"""The only module that speaks netlink (pyroute2). Functions are handed their IPRoute handle:
+one bound to the host namespace, or one opened inside a sandbox's namespace."""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from pyroute2 import IPRoute, NetlinkError
+
+from nsrun.errors import NsrunError
+from nsrun.process import namespaces
+
+if TYPE_CHECKING:
+    from nsrun.net.plan import AttachPlan
+
+__all__ = [
+    "HostRoute",
+    "IPRoute",
+    "attach_veth",
+    "bridge_exists",
+    "configure_sandbox",
+    "create_veth",
+    "delete_link",
+    "ensure_bridge",
+    "host_routes",
+    "link_exists",
+    "list_links",
+    "loopback_up",
+    "open_in_new_netns",
+]
+
+_LOOPBACK_INDEX: Final = 1  # lo is always ifindex 1 in a fresh namespace
+_MAIN_TABLE: Final = 254
+_LOCAL_TABLE: Final = 255
+
+
+def _fail(action: str, err: NetlinkError, fix: str | None = None) -> NsrunError:
+    return NsrunError(action, os_error_text(err.code), fix)
+
+
+def os_error_text(code: int) -> str:
+    import os  # noqa: PLC0415
+
+    return os.strerror(code).lower()
+
+
+def open_in_new_netns() -> tuple[int, IPRoute]:
+    """A fresh network namespace, held by the returned fd, and a netlink handle bound inside it."""
+    with namespaces.new_netns() as fd:
+        inner = IPRoute()
+    return fd, inner
+
+
+def _link(ipr: IPRoute, name: str) -> Any | None:
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as err:
+        if err.code == errno.ENODEV:
+            return None
+        raise _fail(f"looking up interface {name!r}", err) from err
+
+
+def link_exists(ipr: IPRoute, name: str) -> bool:
+    return _link(ipr, name) is not None
+
+
+def bridge_exists(ipr: IPRoute, name: str) -> bool:
+    link = _link(ipr, name)
+    return link is not None and link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") == "bridge"
+
+
+def list_links(ipr: IPRoute) -> list[tuple[str, str | None]]:
+    """(name, kind) of every link."""
+    return [(m.get("ifname"), m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")) for m in ipr.link("dump")]
+
+
+def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network) -> int:
+    """The bridge exists, holds the gateway address and is up; returns its index. Idempotent."""
+    created = False
+    try:
+        ipr.link("add", ifname=name, kind="bridge")
+        created = True
+    except NetlinkError as err:
+        if err.code != errno.EEXIST:
+            raise _fail(f"creating bridge {name!r}", err) from err
+    link = _link(ipr, name)
+    if link is None or link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "bridge":
+        raise NsrunError(
+            f"setting up bridge {name!r}", "an interface of that name exists and is not a bridge", "rename or remove it"
+        )
+    index = link["index"]
+    if created:
+        # Pin the bridge's MAC: by default it takes the lowest MAC of its ports and changes as
+        # sandboxes come and go, and peers then send to a stale ARP entry for up to minutes.
+        ipr.link("set", index=index, address=link.get("address"))
+    try:
+        ipr.addr("add", index=index, address=str(gateway), prefixlen=subnet.prefixlen)
+    except NetlinkError as err:
+        if err.code != errno.EEXIST:
+            raise _fail(f"adding address {gateway}/{subnet.prefixlen} to bridge {name!r}", err) from err
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int) -> None:
+    """The veth pair, its peer created directly inside the sandbox namespace: when that namespace
+    dies the kernel destroys the pair, whatever happened to nsrun."""
+    peer: dict[str, Any] = {"ifname": plan.sandbox_ifname, "net_ns_fd": netns_fd}
+    if plan.mac:
+        peer["address"] = plan.mac
+    try:
+        ipr.link("add", ifname=plan.host_veth, kind="veth", peer=peer)
+    except NetlinkError as err:
+        raise _fail(f"creating veth {plan.host_veth!r}", err) from err
+
+
+def attach_veth(ipr: IPRoute, plan: AttachPlan, bridge_index: int) -> None:
+    try:
+        ipr.link("set", ifname=plan.host_veth, master=bridge_index, state="up")
+    except NetlinkError as err:
+        raise _fail(f"attaching veth {plan.host_veth!r} to bridge {plan.bridge!r}", err) from err
+
+
+def loopback_up(inner: IPRoute) -> None:
+    try:
+        inner.link("set", index=_LOOPBACK_INDEX, state="up")
+    except NetlinkError as err:
+        raise _fail("bringing up lo in the sandbox", err) from err
+
+
+def configure_sandbox(inner: IPRoute, plan: AttachPlan) -> None:
+    """Inside the sandbox: address on eth0, eth0 up, default route via the gateway."""
+    action = f"configuring {plan.sandbox_ifname} in the sandbox"
+    try:
+        index = inner.link("get", ifname=plan.sandbox_ifname)[0]["index"]
+        inner.addr("add", index=index, address=str(plan.address), prefixlen=plan.subnet.prefixlen)
+        inner.link("set", index=index, state="up")
+        inner.route("add", dst="default", gateway=str(plan.gateway))
+    except NetlinkError as err:
+        raise _fail(action, err) from err
+
+
+def delete_link(ipr: IPRoute, name: str) -> None:
+    """Delete a link; one that is already gone counts as deleted."""
+    try:
+        ipr.link("del", ifname=name)
+    except NetlinkError as err:
+        if err.code != errno.ENODEV:
+            raise _fail(f"deleting interface {name!r}", err) from err
+
+
+@dataclass(frozen=True)
+class HostRoute:
+    network: ipaddress.IPv4Network
+    ifname: str
+
+
+def host_routes(ipr: IPRoute) -> list[HostRoute]:
+    """Every IPv4 prefix the host routes or owns (default routes excepted), with its interface."""
+    names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
+    found: set[HostRoute] = set()
+    for route in ipr.route("dump", family=socket.AF_INET):
+        if route.get("table") != _MAIN_TABLE or route["dst_len"] == 0 or route.get("dst") is None:
+            continue
+        network = ipaddress.IPv4Network(f"{route.get('dst')}/{route['dst_len']}", strict=False)
+        found.add(HostRoute(network, names.get(route.get("oif"), "?")))
+    for addr in ipr.addr("dump", family=socket.AF_INET):
+        network = ipaddress.IPv4Network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False)
+        found.add(HostRoute(network, names.get(addr["index"], "?")))
+    return sorted(found, key=lambda r: (int(r.network.network_address), r.network.prefixlen))

@@ -1,0 +1,46 @@
+"""Pure naming and addressing of one sandbox's link to its network."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+from nsrun.validate import IFNAMSIZ
+
+__all__ = ["HOST_VETH_PREFIX", "SANDBOX_IFNAME", "AttachPlan", "bridge_name_for", "host_veth_name"]
+
+HOST_VETH_PREFIX: Final = "nsv"
+SANDBOX_IFNAME: Final = "eth0"
+DEFAULT_NETWORK: Final = "nsrun"
+DEFAULT_BRIDGE: Final = "nsrun0"
+_BRIDGE_PREFIX: Final = "nsbr-"
+
+
+def host_veth_name(sandbox_id: str) -> str:
+    """`nsv` + the sandbox id: unique per launch, so a name is never reused while the kernel still
+    tears down the previous holder's veth (it lingers ~25 ms after its namespace dies)."""
+    name = HOST_VETH_PREFIX + sandbox_id
+    return name[: IFNAMSIZ - 1]
+
+
+def bridge_name_for(network: str) -> str:
+    if network == DEFAULT_NETWORK:
+        return DEFAULT_BRIDGE
+    name = _BRIDGE_PREFIX + network
+    if len(name.encode()) < IFNAMSIZ:
+        return name
+    digest = hashlib.sha256(network.encode()).hexdigest()
+    return (_BRIDGE_PREFIX + digest)[: IFNAMSIZ - 1]
+
+
+@dataclass(frozen=True)
+class AttachPlan:
+    bridge: str
+    host_veth: str
+    address: ipaddress.IPv4Address
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    mac: str | None = None
+    sandbox_ifname: str = SANDBOX_IFNAME

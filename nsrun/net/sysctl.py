@@ -1,0 +1,28 @@
+"""Kernel settings under /proc/sys, of the network namespace nsrun runs in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from nsrun.errors import NsrunError
+
+__all__ = ["IP_FORWARD", "ensure_ip_forward", "read_sysctl"]
+
+IP_FORWARD: Final = "net/ipv4/ip_forward"
+_ROOT: Final = Path("/proc/sys")
+
+
+def read_sysctl(key: str) -> str:
+    return (_ROOT / key).read_text().strip()
+
+
+def ensure_ip_forward() -> None:
+    """Routing between the bridge and the uplink needs forwarding; it is host-wide and left on."""
+    try:
+        if read_sysctl(IP_FORWARD) != "1":
+            (_ROOT / IP_FORWARD).write_text("1\n")
+    except OSError as err:
+        raise NsrunError(
+            "enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root"
+        ) from err

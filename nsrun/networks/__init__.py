@@ -1,0 +1,1 @@
+"""Named networks: one bridge, one subnet (the address pool), one set of firewall rules each."""

@@ -1,0 +1,165 @@
+"""Network lifecycle on the host: create, ensure (at every launch), remove; and stale-lease sweeps."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from typing import TYPE_CHECKING
+
+from nsrun.errors import ConflictError, NotFoundError, NsrunError
+from nsrun.firewall.base import open_backend
+from nsrun.ipam.allocator import reclaim_stale
+from nsrun.ipam.leases import LeaseStore
+from nsrun.net import netlink, sysctl
+from nsrun.networks.spec import DEFAULT_NETWORK, NetworkSpec, auto_subnet_candidates, first_overlap, make_spec
+from nsrun.networks.store import NetworkStore
+from nsrun.paths import flocked
+from nsrun.process import liveness
+
+if TYPE_CHECKING:
+    import ipaddress
+
+    from nsrun.ipam.leases import Lease
+    from nsrun.net.netlink import IPRoute
+    from nsrun.paths import StateDirs
+
+__all__ = [
+    "create_network",
+    "ensure_host_side",
+    "ensure_loaded",
+    "live_leases",
+    "load_network",
+    "remove_network",
+    "sweep_stale_leases",
+]
+
+DEFAULT_FIREWALL = "iptables"
+
+
+def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
+    taken = [(spec.subnet, f"nsrun network {spec.name!r}") for spec in store.all() if spec.name != exclude]
+    ours = {spec.bridge for spec in store.all()}
+    taken += [(route.network, f"host route via {route.ifname}") for route in netlink.host_routes(ipr) if route.ifname not in ours]
+    return taken
+
+
+def create_network(
+    dirs: StateDirs,
+    ipr: IPRoute,
+    name: str,
+    subnet: ipaddress.IPv4Network | None,
+    *,
+    gateway: ipaddress.IPv4Address | None = None,
+    bridge: str | None = None,
+    firewall: str = DEFAULT_FIREWALL,
+) -> NetworkSpec:
+    """Validate against every network and host route, record the definition, set up its bridge
+    and rules; on any failure nothing of it stays."""
+    store = NetworkStore(dirs.networks)
+    with flocked(dirs.lock):
+        if store.get(name) is not None:
+            raise ConflictError(f"creating network {name!r}", "a network of that name exists", "choose another name")
+        taken = _taken_subnets(ipr, store)
+        if subnet is None:
+            subnet = next((c for c in auto_subnet_candidates() if first_overlap(c, taken) is None), None)
+            if subnet is None:
+                raise NsrunError(f"creating network {name!r}", "no free private /24 left", "give one with --subnet")
+        spec = make_spec(name, subnet, gateway=gateway, bridge=bridge, firewall=firewall)
+        clash = first_overlap(spec.subnet, taken)
+        if clash:
+            raise ConflictError(
+                f"creating network {name!r}", f"{spec.subnet} overlaps {clash[0]} ({clash[1]})", "choose another --subnet"
+            )
+        user = next((other.name for other in store.all() if other.bridge == spec.bridge), None)
+        if user or netlink.link_exists(ipr, spec.bridge):
+            owner = f"network {user!r}" if user else "the host"
+            raise ConflictError(
+                f"creating network {name!r}", f"interface {spec.bridge!r} is already used by {owner}", "choose another --bridge"
+            )
+        with contextlib.ExitStack() as undo:
+            store.add(spec)
+            undo.callback(store.remove, spec.name)
+            undo.callback(_remove_host_side, ipr, spec)
+            ensure_host_side(ipr, spec)
+            undo.pop_all()
+    return spec
+
+
+def load_network(dirs: StateDirs, ipr: IPRoute, name: str) -> NetworkSpec:
+    """The network's definition; the default network is created on first use."""
+    store = NetworkStore(dirs.networks)
+    spec = store.get(name)
+    if spec is not None:
+        return spec
+    if name != DEFAULT_NETWORK:
+        raise NotFoundError(f"network {name!r}", "no such network", f"create it with `nsrun network create {name} --subnet CIDR`")
+    with contextlib.suppress(ConflictError):  # a concurrent first launch created it first
+        return create_network(dirs, ipr, DEFAULT_NETWORK, None)
+    spec = store.get(name)
+    if spec is None:
+        raise NsrunError(f"network {name!r}", "it vanished while being created", "retry")
+    return spec
+
+
+def ensure_loaded(dirs: StateDirs, spec: NetworkSpec) -> None:
+    """The network still exists as loaded; call under its lease lock, which `remove_network` holds too."""
+    if NetworkStore(dirs.networks).get(spec.name) != spec:
+        raise NotFoundError(f"network {spec.name!r}", "it was removed or changed while the sandbox started", "retry")
+
+
+def ensure_host_side(ipr: IPRoute, spec: NetworkSpec) -> int:
+    """Bridge, gateway address, forwarding and firewall rules in place; repairs whatever is missing
+    (after a reboot, `nft flush ruleset`, a firewall reload). Returns the bridge's index."""
+    index = netlink.ensure_bridge(ipr, spec.bridge, spec.gateway, spec.subnet)
+    sysctl.ensure_ip_forward()
+    open_backend(spec.firewall).ensure_network(spec.rules)
+    return index
+
+
+def _remove_host_side(ipr: IPRoute, spec: NetworkSpec) -> None:
+    open_backend(spec.firewall).teardown_network(spec.rules)
+    netlink.delete_link(ipr, spec.bridge)
+
+
+def reclaim_lease(ipr: IPRoute, lease: Lease) -> None:
+    """Undo what a dead holder left: processes still in its namespace, its host veth."""
+    # the veth exists exactly as long as the namespace does, so its inode cannot have been reused
+    if netlink.link_exists(ipr, lease.veth):
+        liveness.kill_netns_members(lease.netns_inode)
+        netlink.delete_link(ipr, lease.veth)
+
+
+def _is_stale(lease: Lease) -> bool:
+    return not liveness.holder_alive(lease.pid, lease.start_time)
+
+
+def sweep_stale_leases(ipr: IPRoute, store: LeaseStore) -> int:
+    """Reclaim leases whose holder is gone. Call under `store.locked()`."""
+    return reclaim_stale(store, _is_stale, lambda lease: reclaim_lease(ipr, lease))
+
+
+def live_leases(dirs: StateDirs, ipr: IPRoute, name: str) -> list[Lease]:
+    store = LeaseStore(dirs.leases(name))
+    with store.locked():
+        sweep_stale_leases(ipr, store)
+        return store.leases()
+
+
+def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
+    store = NetworkStore(dirs.networks)
+    with flocked(dirs.lock):
+        spec = store.get(name)
+        if spec is None:
+            raise NotFoundError(f"removing network {name!r}", "no such network", "see `nsrun network ls`")
+        leases = LeaseStore(dirs.leases(name))
+        with leases.locked():
+            sweep_stale_leases(ipr, leases)
+            users = leases.leases()
+            if users:
+                pids = ", ".join(str(lease.pid) for lease in users)
+                raise ConflictError(
+                    f"removing network {name!r}", f"{len(users)} sandbox(es) still use it (nsrun pids {pids})", "end them first"
+                )
+            _remove_host_side(ipr, spec)
+            store.remove(name)
+        shutil.rmtree(dirs.leases(name), ignore_errors=True)

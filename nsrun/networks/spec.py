@@ -1,0 +1,98 @@
+"""Pure: what a network is, how its defaults are derived, and which subnets are free."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.errors import UsageError
+from nsrun.firewall.rules import NetworkRules, network_rules
+from nsrun.ipam.pool import AddressPool
+from nsrun.net.plan import bridge_name_for
+from nsrun.validate import validate_ifname, validate_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+__all__ = ["DEFAULT_NETWORK", "NetworkSpec", "auto_subnet_candidates", "first_overlap", "make_spec"]
+
+DEFAULT_NETWORK: Final = "nsrun"
+AUTO_PREFIXLEN: Final = 24
+# Private ranges tried in order for networks created without --subnet; Docker's defaults
+# (172.17-31.x, 192.168.x) come last because they are the likeliest to be taken.
+_AUTO_RANGES: Final = ("10.200.0.0/16", "10.201.0.0/16", "172.30.0.0/16", "192.168.200.0/21")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address
+    bridge: str
+    firewall: str
+
+    @property
+    def pool(self) -> AddressPool:
+        return AddressPool(self.subnet, self.gateway)
+
+    @property
+    def rules(self) -> NetworkRules:
+        return network_rules(self.name, self.bridge, self.subnet)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "subnet": str(self.subnet),
+            "gateway": str(self.gateway),
+            "bridge": self.bridge,
+            "firewall": self.firewall,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> NetworkSpec:
+        data = json.loads(text)
+        return cls(
+            name=data["name"],
+            subnet=ipaddress.IPv4Network(data["subnet"]),
+            gateway=ipaddress.IPv4Address(data["gateway"]),
+            bridge=data["bridge"],
+            firewall=data["firewall"],
+        )
+
+
+def make_spec(
+    name: str,
+    subnet: ipaddress.IPv4Network,
+    *,
+    firewall: str,
+    gateway: ipaddress.IPv4Address | None = None,
+    bridge: str | None = None,
+) -> NetworkSpec:
+    validate_name(name)
+    if gateway is None:
+        gateway = subnet.network_address + 1
+    elif gateway not in subnet or gateway in (subnet.network_address, subnet.broadcast_address):
+        raise UsageError(
+            f"invalid --gateway {gateway}", f"it is not a host address of {subnet}", "pick an address inside the subnet"
+        )
+    return NetworkSpec(name, subnet, gateway, validate_ifname(bridge or bridge_name_for(name)), firewall)
+
+
+def auto_subnet_candidates() -> Iterator[ipaddress.IPv4Network]:
+    for block in _AUTO_RANGES:
+        yield from ipaddress.IPv4Network(block).subnets(new_prefix=AUTO_PREFIXLEN)
+
+
+def first_overlap(
+    subnet: ipaddress.IPv4Network, taken: Iterable[tuple[ipaddress.IPv4Network, str]]
+) -> tuple[ipaddress.IPv4Network, str] | None:
+    """The first (network, owner) in `taken` that overlaps `subnet`."""
+    for network, owner in taken:
+        if subnet.overlaps(network):
+            return network, owner
+    return None

@@ -1,0 +1,1 @@
+"""Processes: namespaces through libc, the supervised command, and who is still alive."""

@@ -1,0 +1,89 @@
+"""Pure checks of user input: each returns the parsed value or raises UsageError. No system access."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Final
+
+from nsrun.errors import UsageError
+
+__all__ = [
+    "IFNAMSIZ",
+    "MAX_NAME_LEN",
+    "parse_address",
+    "parse_mac",
+    "parse_subnet",
+    "validate_ifname",
+    "validate_name",
+]
+
+IFNAMSIZ: Final = 16  # kernel limit including the trailing NUL: names have at most 15 bytes
+MAX_NAME_LEN: Final = 63
+MIN_PREFIXLEN_HOSTS: Final = 30  # a /30 still holds the gateway and one sandbox
+
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_MAC_RE: Final = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
+
+
+def validate_name(name: str, *, what: str = "network name") -> str:
+    if len(name) > MAX_NAME_LEN or not _NAME_RE.fullmatch(name):
+        raise UsageError(
+            f"invalid {what} {name!r}",
+            f"use 1-{MAX_NAME_LEN} letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def validate_ifname(name: str) -> str:
+    size = len(name.encode())
+    if size == 0 or size >= IFNAMSIZ:
+        raise UsageError(
+            f"invalid interface name {name!r}",
+            f"it has {size} bytes, the kernel allows 1-{IFNAMSIZ - 1}",
+            "choose a shorter --bridge",
+        )
+    if name in {".", ".."} or any(c in name for c in "/: ") or not name.isprintable():
+        raise UsageError(f"invalid interface name {name!r}", "it may not contain '/', ':' or spaces")
+    return name
+
+
+def parse_address(text: str, *, option: str = "--ip") -> ipaddress.IPv4Address:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError as err:
+        raise UsageError(f"invalid {option} {text!r}", "not an IPv4 address", "e.g. 10.123.0.7") from err
+    if not isinstance(address, ipaddress.IPv4Address):
+        raise UsageError(f"invalid {option} {text!r}", "only IPv4 addresses are supported")
+    return address
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        subnet = ipaddress.ip_network(text, strict=True)
+    except ValueError as err:
+        raise UsageError(
+            f"invalid --subnet {text!r}", str(err), "give a network in CIDR form, e.g. 10.123.0.0/24"
+        ) from err
+    if not isinstance(subnet, ipaddress.IPv4Network):
+        raise UsageError(f"invalid --subnet {text!r}", "only IPv4 subnets are supported")
+    if subnet.prefixlen > MIN_PREFIXLEN_HOSTS:
+        raise UsageError(
+            f"invalid --subnet {text!r}",
+            "it has no room for a gateway and a sandbox",
+            f"use a prefix of /{MIN_PREFIXLEN_HOSTS} or shorter",
+        )
+    if subnet.is_loopback or subnet.is_multicast or subnet.is_link_local or subnet.is_unspecified:
+        raise UsageError(f"invalid --subnet {text!r}", "loopback, link-local and multicast ranges cannot be used")
+    return subnet
+
+
+def parse_mac(text: str) -> str:
+    if not _MAC_RE.fullmatch(text):
+        raise UsageError(f"invalid --mac {text!r}", "expected six hex bytes, e.g. 02:00:00:00:00:07")
+    first = int(text[:2], 16)
+    if first & 0x01:
+        raise UsageError(f"invalid --mac {text!r}", "it is a multicast address", "clear the lowest bit of the first byte")
+    if int(text.replace(":", ""), 16) == 0:
+        raise UsageError(f"invalid --mac {text!r}", "the all-zero address cannot be assigned")
+    return text.lower()
