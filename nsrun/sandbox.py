@@ -165,15 +165,9 @@ class Sandbox:
 
         host = netlink.IPRoute()
         self._step("closing the host netlink socket", host.close)
-        network = manager.load_network(self.dirs, host, self.request.network)
+        network = manager.load_network(self.dirs, host, self.request.network, check=self._check_address)
         self.network = network
         requested = self.request.ip
-        if requested is not None and not network.pool.is_assignable(requested):
-            raise UsageError(
-                f"invalid --ip {requested}",
-                f"network {network.name!r} assigns hosts of {network.subnet} except the gateway {network.gateway}",
-                "pick another address, or leave --ip out",
-            )
         inner = self._open_netns()
         veth = host_veth_name(self.sandbox_id)
         store = LeaseStore(self.dirs.leases(network.name))
@@ -197,6 +191,15 @@ class Sandbox:
         self._step(f"deleting veth {veth}", netlink.delete_link, host, veth)
         netlink.attach_veth(host, plan, bridge_index)
         netlink.configure_sandbox(inner, plan)
+
+    def _check_address(self, network: NetworkSpec) -> None:
+        requested = self.request.ip
+        if requested is not None and not network.pool.is_assignable(requested):
+            raise UsageError(
+                f"invalid --ip {requested}",
+                f"network {network.name!r} assigns hosts of {network.subnet} except the gateway {network.gateway}",
+                "pick another address, or leave --ip out",
+            )
 
     def _lease_factory(self, veth: str) -> Callable[[ipaddress.IPv4Address], Lease]:
         from nsrun.ipam.leases import Lease  # noqa: PLC0415

@@ -18,6 +18,7 @@ from nsrun.process import liveness
 
 if TYPE_CHECKING:
     import ipaddress
+    from collections.abc import Callable
 
     from nsrun.ipam.leases import Lease
     from nsrun.net.netlink import IPRoute
@@ -52,9 +53,10 @@ def create_network(
     gateway: ipaddress.IPv4Address | None = None,
     bridge: str | None = None,
     firewall: str = DEFAULT_FIREWALL,
+    check: Callable[[NetworkSpec], None] | None = None,
 ) -> NetworkSpec:
-    """Validate against every network and host route, record the definition, set up its bridge
-    and rules; on any failure nothing of it stays."""
+    """Validate against every network and host route (and `check`), record the definition, set up
+    its bridge and rules; on any failure nothing of it stays."""
     store = NetworkStore(dirs.networks)
     with flocked(dirs.lock):
         if store.get(name) is not None:
@@ -70,6 +72,8 @@ def create_network(
             raise ConflictError(
                 f"creating network {name!r}", f"{spec.subnet} overlaps {clash[0]} ({clash[1]})", "choose another --subnet"
             )
+        if check is not None:
+            check(spec)
         user = next((other.name for other in store.all() if other.bridge == spec.bridge), None)
         if user or netlink.link_exists(ipr, spec.bridge):
             owner = f"network {user!r}" if user else "the host"
@@ -85,19 +89,26 @@ def create_network(
     return spec
 
 
-def load_network(dirs: StateDirs, ipr: IPRoute, name: str) -> NetworkSpec:
-    """The network's definition; the default network is created on first use."""
+def load_network(
+    dirs: StateDirs, ipr: IPRoute, name: str, check: Callable[[NetworkSpec], None] | None = None
+) -> NetworkSpec:
+    """The network's definition, passed through `check`; the default network is created on first
+    use, but only once `check` accepted it, so a rejected request leaves no network behind."""
     store = NetworkStore(dirs.networks)
     spec = store.get(name)
     if spec is not None:
+        if check is not None:
+            check(spec)
         return spec
     if name != DEFAULT_NETWORK:
         raise NotFoundError(f"network {name!r}", "no such network", f"create it with `nsrun network create {name} --subnet CIDR`")
     with contextlib.suppress(ConflictError):  # a concurrent first launch created it first
-        return create_network(dirs, ipr, DEFAULT_NETWORK, None)
+        return create_network(dirs, ipr, DEFAULT_NETWORK, None, check=check)
     spec = store.get(name)
     if spec is None:
         raise NsrunError(f"network {name!r}", "it vanished while being created", "retry")
+    if check is not None:
+        check(spec)
     return spec
 
 

@@ -1,0 +1,127 @@
+"""A private "host" per test: real namespaces, links and rules, none of them the real machine's."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+WORLD_SCRIPT = Path(__file__).with_name("world.sh")
+WAN_ADDRESS = "203.0.113.10"
+UPLINK_ADDRESS = "203.0.113.1"
+
+# A server in the wan that answers every connection with the address it saw as the peer:
+# that is what proves masquerading.
+PEER_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(64)
+print("listening", flush=True)
+while True:
+    c, a = s.accept(); c.sendall((a[0] + "\\n").encode()); c.close()
+"""
+
+# What a sandbox runs to ask a server which address it sees.
+PEER_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(s.recv(100).decode().strip())
+"""
+
+
+class World:
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            ["unshare", "--net", "--mount", "--propagation", "private", str(WORLD_SCRIPT)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline().strip()
+        if line != "ready":
+            self._proc.kill()
+            raise RuntimeError(f"test world did not start: {line!r}")
+        self.pid = self._proc.pid
+        self._background: list[subprocess.Popen[str]] = []
+
+    def _enter(self) -> list[str]:
+        return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
+
+    def run(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self._enter(), *args], capture_output=True, text=True, timeout=timeout, check=False, **kw)
+
+    def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
+        kw.setdefault("stdout", subprocess.PIPE)
+        kw.setdefault("stderr", subprocess.PIPE)
+        proc = subprocess.Popen([*self._enter(), *args], text=True, **kw)
+        self._background.append(proc)
+        return proc
+
+    def nsrun(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "nsrun", *args, **kw)
+
+    def nsrun_popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
+        return self.popen(sys.executable, "-m", "nsrun", *args, **kw)
+
+    def wan_server(self, port: int = 8080, address: str = WAN_ADDRESS) -> subprocess.Popen[str]:
+        proc = self.popen("ip", "netns", "exec", "wan", sys.executable, "-c", PEER_SERVER, address, str(port))
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "listening"
+        return proc
+
+    def client_argv(self, address: str = WAN_ADDRESS, port: int = 8080) -> list[str]:
+        return [sys.executable, "-c", PEER_CLIENT, address, str(port)]
+
+    # -- observations ---------------------------------------------------------------------------
+
+    def links(self) -> list[str]:
+        out = self.run("ip", "-j", "link", "show").stdout
+        return [link["ifname"] for link in json.loads(out)]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything nsrun could leave behind: links, addresses, both rulesets, state files."""
+        return {
+            "links": sorted(self.links()),
+            "addrs": self.run("ip", "-4", "-o", "addr").stdout,
+            "legacy": _strip_comments(self.run("iptables-legacy-save").stdout),
+            "nft": self.run("nft", "list", "ruleset").stdout,
+            "files": self.run("find", "/run/nsrun", "/var/lib/nsrun", "-not", "-name", "*.lock").stdout,
+        }
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def close(self) -> None:
+        for proc in self._background:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+        # every process still inside the world (a sandbox that escaped its test) goes with it
+        world_ns = os.stat(f"/proc/{self.pid}/ns/net").st_ino
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and int(pid) != self.pid:
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{pid}/ns/net").st_ino == world_ns:
+                        os.kill(int(pid), signal.SIGKILL)
+        self._proc.kill()
+        self._proc.wait()
+        if self._proc.stdout:
+            self._proc.stdout.close()
+
+
+def _strip_comments(save: str) -> str:
+    """iptables-save without its timestamps and packet counters, which change on their own."""
+    lines = (re.sub(r"\[\d+:\d+\]", "", line) for line in save.splitlines() if not line.startswith("#"))
+    return "\n".join(lines)
