@@ -14,10 +14,9 @@ from typer.core import TyperGroup
 from nsrun.errors import EXIT_NSRUN_FAILED, EXIT_USAGE, NsrunError, UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Sequence
 
     from typer import _click as click
-    from typer.core import _click  # noqa: F401
 
 __all__ = ["app", "main"]
 
@@ -74,12 +73,22 @@ _state: dict[str, bool] = {"debug": False}
 def launch(
     ctx: typer.Context,
     net: Annotated[
-        str, typer.Option("--net", metavar="MODE", help="bridge: own namespace on a network with NAT; none: loopback only; host: no new namespace.")
+        str,
+        typer.Option(
+            "--net",
+            metavar="MODE",
+            help="bridge: own namespace on a network with NAT; none: loopback only; host: no new namespace.",
+        ),
     ] = "bridge",
-    network: Annotated[str, typer.Option("--network", metavar="NAME", help="Network to join (created on first use if it is the default).")] = "nsrun",
-    ip: Annotated[str | None, typer.Option("--ip", metavar="ADDR", help="Static address inside the network's subnet.")] = None,
+    network: Annotated[
+        str,
+        typer.Option("--network", metavar="NAME", help="Network to join (created on first use if it is the default)."),
+    ] = "nsrun",
+    ip: Annotated[
+        str | None, typer.Option("--ip", metavar="ADDR", help="Static address inside the network's subnet.")
+    ] = None,
     mac: Annotated[str | None, typer.Option("--mac", metavar="MAC", help="MAC address of the sandbox's eth0.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and progress on stderr.")] = False,  # noqa: FBT002
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and progress on stderr.")] = False,
 ) -> None:
     """Run CMD in its own network namespace, on a host bridge, with an address from the network's
     pool, a default route and NAT to the outside. Everything from CMD on belongs to the command.
@@ -96,16 +105,20 @@ def launch(
         return
     argv = ctx.meta.get(_ARGV_KEY, [])
     if not argv:
-        raise UsageError("no command given", "nsrun needs a command to run", "usage: nsrun [OPTIONS] [--] CMD [ARGS...]; see nsrun --help")
-    from nsrun.sandbox import SandboxRequest  # noqa: PLC0415
+        raise UsageError(
+            "no command given",
+            "nsrun needs a command to run",
+            "usage: nsrun [OPTIONS] [--] CMD [ARGS...]; see nsrun --help",
+        )
+    from nsrun.sandbox import SandboxRequest
 
     request = SandboxRequest.parse(argv, net=net, network=network, ip=ip, mac=mac)
     raise typer.Exit(_run(request))
 
 
 def _run(request: Any) -> int:
-    from nsrun.process.supervisor import Supervisor  # noqa: PLC0415
-    from nsrun.sandbox import Sandbox  # noqa: PLC0415
+    from nsrun.process.supervisor import Supervisor
+    from nsrun.sandbox import Sandbox
 
     supervisor = Supervisor()
     with supervisor.handling_signals():
@@ -125,7 +138,7 @@ def _run(request: Any) -> int:
 
 
 def _host() -> Any:
-    from nsrun.net import netlink  # noqa: PLC0415
+    from nsrun.net import netlink
 
     return netlink.IPRoute()
 
@@ -133,14 +146,22 @@ def _host() -> Any:
 @network_app.command("create")
 def network_create(
     name: Annotated[str, typer.Argument(help="Network name.")],
-    subnet: Annotated[str | None, typer.Option("--subnet", metavar="CIDR", help="IPv4 subnet; a free private /24 if left out.")] = None,
-    gateway: Annotated[str | None, typer.Option("--gateway", metavar="ADDR", help="Bridge address; the subnet's first host by default.")] = None,
-    bridge: Annotated[str | None, typer.Option("--bridge", metavar="IFNAME", help="Bridge name, at most 15 bytes; nsbr-NAME by default.")] = None,
+    subnet: Annotated[
+        str | None, typer.Option("--subnet", metavar="CIDR", help="IPv4 subnet; a free private /24 if left out.")
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option("--gateway", metavar="ADDR", help="Bridge address; the subnet's first host by default."),
+    ] = None,
+    bridge: Annotated[
+        str | None,
+        typer.Option("--bridge", metavar="IFNAME", help="Bridge name, at most 15 bytes; nsbr-NAME by default."),
+    ] = None,
 ) -> None:
     """Create a network: a bridge holding the gateway address, an address pool, NAT rules."""
-    from nsrun.networks import manager  # noqa: PLC0415
-    from nsrun.paths import StateDirs  # noqa: PLC0415
-    from nsrun.validate import parse_address, parse_subnet, validate_ifname, validate_name  # noqa: PLC0415
+    from nsrun.networks import manager
+    from nsrun.paths import StateDirs
+    from nsrun.validate import parse_address, parse_subnet, validate_ifname, validate_name
 
     validate_name(name)
     parsed_subnet = parse_subnet(subnet) if subnet is not None else None
@@ -155,9 +176,9 @@ def network_create(
 @network_app.command("ls")
 def network_ls() -> None:
     """List networks and how many sandboxes use each."""
-    from nsrun.networks import manager  # noqa: PLC0415
-    from nsrun.networks.store import NetworkStore  # noqa: PLC0415
-    from nsrun.paths import StateDirs  # noqa: PLC0415
+    from nsrun.networks import manager
+    from nsrun.networks.store import NetworkStore
+    from nsrun.paths import StateDirs
 
     dirs = StateDirs()
     rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "FIREWALL", "SANDBOXES")]
@@ -173,12 +194,12 @@ def network_ls() -> None:
 @network_app.command("inspect")
 def network_inspect(name: Annotated[str, typer.Argument(help="Network name.")]) -> None:
     """Show a network's definition and its sandboxes as JSON."""
-    from dataclasses import asdict  # noqa: PLC0415
+    from dataclasses import asdict
 
-    from nsrun.errors import NotFoundError  # noqa: PLC0415
-    from nsrun.networks import manager  # noqa: PLC0415
-    from nsrun.networks.store import NetworkStore  # noqa: PLC0415
-    from nsrun.paths import StateDirs  # noqa: PLC0415
+    from nsrun.errors import NotFoundError
+    from nsrun.networks import manager
+    from nsrun.networks.store import NetworkStore
+    from nsrun.paths import StateDirs
 
     dirs = StateDirs()
     spec = NetworkStore(dirs.networks).get(name)
@@ -193,8 +214,8 @@ def network_inspect(name: Annotated[str, typer.Argument(help="Network name.")]) 
 @network_app.command("rm")
 def network_rm(name: Annotated[str, typer.Argument(help="Network name.")]) -> None:
     """Remove a network, its bridge and its rules; refused while a sandbox uses it."""
-    from nsrun.networks import manager  # noqa: PLC0415
-    from nsrun.paths import StateDirs  # noqa: PLC0415
+    from nsrun.networks import manager
+    from nsrun.paths import StateDirs
 
     with _closing(_host()) as ipr:
         manager.remove_network(StateDirs(), ipr, name)
@@ -218,11 +239,11 @@ class _closing:  # noqa: N801  # reads like contextlib.closing
 def _print_error(err: BaseException, *, prefix: str = "") -> None:
     if _state["debug"]:
         traceback.print_exception(err, file=sys.stderr)
-    print(f"nsrun: {prefix}{err}", file=sys.stderr)  # noqa: T201  # the one line a user reads
+    print(f"nsrun: {prefix}{err}", file=sys.stderr)  # the one line a user reads
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from typer import _click as click  # noqa: PLC0415
+    from typer import _click as click
 
     _state["debug"] = os.environ.get("NSRUN_DEBUG", "") not in ("", "0")
     try:

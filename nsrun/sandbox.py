@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from nsrun.errors import TeardownError, UsageError
 from nsrun.paths import StateDirs
@@ -107,7 +107,7 @@ class Sandbox:
         if self._failures:
             raise TeardownError(self._failures)
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         self.setup()
         return self
 
@@ -121,7 +121,7 @@ class Sandbox:
 
     def run(self, supervisor: Supervisor | None = None) -> int:
         """Run the command in the sandbox, wait for it, end what it left running; its exit status."""
-        from nsrun.process.supervisor import Supervisor  # noqa: PLC0415
+        from nsrun.process.supervisor import Supervisor
 
         supervisor = supervisor or Supervisor()
         try:
@@ -144,7 +144,7 @@ class Sandbox:
         self._undo.callback(guarded)
 
     def _open_netns(self) -> Any:
-        from nsrun.net import netlink  # noqa: PLC0415  # pyroute2 is slow to import; --net host never needs it
+        from nsrun.net import netlink  # pyroute2 is slow to import; --net host never needs it
 
         fd, inner = netlink.open_in_new_netns()
         self.netns_fd = fd
@@ -157,11 +157,11 @@ class Sandbox:
         self._open_netns()
 
     def _setup_bridged(self) -> None:
-        from nsrun.ipam.allocator import allocate  # noqa: PLC0415
-        from nsrun.ipam.leases import LeaseStore  # noqa: PLC0415
-        from nsrun.net import netlink  # noqa: PLC0415
-        from nsrun.net.plan import AttachPlan, host_veth_name  # noqa: PLC0415
-        from nsrun.networks import manager  # noqa: PLC0415
+        from nsrun.ipam.allocator import allocate
+        from nsrun.ipam.leases import LeaseStore
+        from nsrun.net import netlink
+        from nsrun.net.plan import AttachPlan, host_veth_name
+        from nsrun.networks import manager
 
         host = netlink.IPRoute()
         self._step("closing the host netlink socket", host.close)
@@ -202,8 +202,8 @@ class Sandbox:
             )
 
     def _lease_factory(self, veth: str) -> Callable[[ipaddress.IPv4Address], Lease]:
-        from nsrun.ipam.leases import Lease  # noqa: PLC0415
-        from nsrun.process import liveness, namespaces  # noqa: PLC0415
+        from nsrun.ipam.leases import Lease
+        from nsrun.process import liveness, namespaces
 
         assert self.netns_fd is not None  # noqa: S101  # the namespace is opened first
         pid = os.getpid()

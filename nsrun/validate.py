@@ -83,7 +83,9 @@ def parse_mac(text: str) -> str:
         raise UsageError(f"invalid --mac {text!r}", "expected six hex bytes, e.g. 02:00:00:00:00:07")
     first = int(text[:2], 16)
     if first & 0x01:
-        raise UsageError(f"invalid --mac {text!r}", "it is a multicast address", "clear the lowest bit of the first byte")
+        raise UsageError(
+            f"invalid --mac {text!r}", "it is a multicast address", "clear the lowest bit of the first byte"
+        )
     if int(text.replace(":", ""), 16) == 0:
         raise UsageError(f"invalid --mac {text!r}", "the all-zero address cannot be assigned")
     return text.lower()

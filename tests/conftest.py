@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from tests.world import World
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     missing = [tool for tool in ("unshare", "nsenter", "ip") if shutil.which(tool) is None]
     reason = "needs root" if os.geteuid() != 0 else f"needs {', '.join(missing)}" if missing else None
     if reason is None:
@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def world() -> Iterator[World]:
-    from tests.world import World  # noqa: PLC0415
+    from tests.world import World
 
     w = World()
     try:

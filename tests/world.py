@@ -55,7 +55,9 @@ class World:
         return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
 
     def run(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self._enter(), *args], capture_output=True, text=True, timeout=timeout, check=False, **kw)
+        return subprocess.run(
+            [*self._enter(), *args], capture_output=True, text=True, timeout=timeout, check=False, **kw
+        )
 
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
         kw.setdefault("stdout", subprocess.PIPE)

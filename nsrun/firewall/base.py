@@ -45,7 +45,7 @@ class NoFirewall:
 
 def open_backend(name: str) -> FirewallBackend:
     if name == "iptables":
-        from nsrun.firewall.iptables import IptablesBackend  # noqa: PLC0415  # libiptc loads slowly
+        from nsrun.firewall.iptables import IptablesBackend  # libiptc loads slowly
 
         return IptablesBackend()
     if name == "none":

@@ -15,7 +15,6 @@ import os
 import sysconfig
 import warnings
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
@@ -24,6 +23,7 @@ from nsrun.firewall.xtables_lock import xtables_lock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from types import ModuleType
 
     from nsrun.firewall.rules import NetworkRules, Rule
 
@@ -54,7 +54,7 @@ def _fast_import_environment() -> Iterator[None]:
     if libdir and not saved["XTABLES_LIBDIR"]:
         os.environ["XTABLES_LIBDIR"] = libdir
     with contextlib.suppress(ImportError):
-        import _distutils_hack  # type: ignore[import-not-found]  # noqa: PLC0415
+        import _distutils_hack
 
         _distutils_hack.remove_shim()
     try:
@@ -72,15 +72,16 @@ def _fast_import_environment() -> Iterator[None]:
 def _load_iptc() -> ModuleType:
     with _fast_import_environment():
         try:
-            import iptc  # type: ignore[import-untyped]  # noqa: PLC0415
-            import iptc.easy  # type: ignore[import-untyped]  # noqa: PLC0415
+            import iptc
+            import iptc.easy
         except Exception as err:  # iptc raises plain exceptions when a library or kernel table is missing
             raise NsrunError(
                 "loading python-iptables",
                 str(err),
                 "install the iptables package, or set NSRUN_FIREWALL=nftables",
             ) from err
-    return iptc
+    module: ModuleType = iptc
+    return module
 
 
 class IptablesBackend:
@@ -91,8 +92,8 @@ class IptablesBackend:
 
     def ensure_network(self, rules: NetworkRules) -> bool:
         with self._errors(f"installing iptables rules of network {rules.network!r}"), xtables_lock():
-            changed = self._ensure(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules.inbound, rules.outbound, rules)
-            return self._ensure(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, (), rules.nat, rules) or changed
+            changed = self._ensure(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules, (rules.inbound, rules.outbound))
+            return self._ensure(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules, ((), rules.nat)) or changed
 
     def teardown_network(self, rules: NetworkRules) -> None:
         with self._errors(f"removing iptables rules of network {rules.network!r}"), xtables_lock():
@@ -109,9 +110,10 @@ class IptablesBackend:
     # -- one table ------------------------------------------------------------------------------
 
     def _ensure(
-        self, table_name: str, hook: Hook, chain_name: str, head: tuple[Rule, ...], tail: tuple[Rule, ...],
-        rules: NetworkRules,
+        self, table_name: str, hook: Hook, chain_name: str, rules: NetworkRules, placed: tuple[tuple[Rule, ...], ...]
     ) -> bool:
+        """`placed` is (head, tail): head rules go to the top of nsrun's chain, tail rules to its end."""
+        head, tail = placed
         table = self._table(table_name)
         if self._in_place(table, hook, chain_name, head + tail, rules):
             return False
@@ -194,7 +196,8 @@ class IptablesBackend:
     @staticmethod
     def _ours(chain: Any, rules: NetworkRules) -> list[Any]:
         return [
-            rule for rule in chain.rules
+            rule
+            for rule in chain.rules
             if any(m.name == "comment" and m.comment == rules.comment for m in rule.matches)
         ]
 

@@ -42,7 +42,9 @@ def allocate(
             return lease
         holder = store.get(requested)
         who = f"sandbox {holder.name or holder.sandbox_id} (pid {holder.pid})" if holder else "another sandbox"
-        raise ConflictError(f"address {requested} on network {network!r}", f"already used by {who}", "choose another --ip")
+        raise ConflictError(
+            f"address {requested} on network {network!r}", f"already used by {who}", "choose another --ip"
+        )
     for address in pool.candidates(store.last_reserved()):
         lease = make_lease(address)
         if store.reserve(lease):

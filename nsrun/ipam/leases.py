@@ -12,7 +12,6 @@ import ipaddress
 import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nsrun.errors import NsrunError
@@ -20,6 +19,7 @@ from nsrun.paths import flocked
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 __all__ = ["Lease", "LeaseStore"]
 

@@ -43,7 +43,7 @@ def _fail(action: str, err: NetlinkError, fix: str | None = None) -> NsrunError:
 
 
 def os_error_text(code: int) -> str:
-    import os  # noqa: PLC0415
+    import os
 
     return os.strerror(code).lower()
 
@@ -92,7 +92,7 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, subne
         raise NsrunError(
             f"setting up bridge {name!r}", "an interface of that name exists and is not a bridge", "rename or remove it"
         )
-    index = link["index"]
+    index: int = link["index"]
     if created:
         # Pin the bridge's MAC: by default it takes the lowest MAC of its ports and changes as
         # sandboxes come and go, and peers then send to a stale ARP entry for up to minutes.

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from nsrun.validate import IFNAMSIZ
+
+if TYPE_CHECKING:
+    import ipaddress
 
 __all__ = ["HOST_VETH_PREFIX", "SANDBOX_IFNAME", "AttachPlan", "bridge_name_for", "host_veth_name"]
 

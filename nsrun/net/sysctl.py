@@ -23,6 +23,4 @@ def ensure_ip_forward() -> None:
         if read_sysctl(IP_FORWARD) != "1":
             (_ROOT / IP_FORWARD).write_text("1\n")
     except OSError as err:
-        raise NsrunError(
-            "enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root"
-        ) from err
+        raise NsrunError("enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root") from err

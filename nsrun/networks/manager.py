@@ -37,10 +37,16 @@ __all__ = [
 DEFAULT_FIREWALL = "iptables"
 
 
-def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None) -> list[tuple[ipaddress.IPv4Network, str]]:
+def _taken_subnets(
+    ipr: IPRoute, store: NetworkStore, exclude: str | None = None
+) -> list[tuple[ipaddress.IPv4Network, str]]:
     taken = [(spec.subnet, f"nsrun network {spec.name!r}") for spec in store.all() if spec.name != exclude]
     ours = {spec.bridge for spec in store.all()}
-    taken += [(route.network, f"host route via {route.ifname}") for route in netlink.host_routes(ipr) if route.ifname not in ours]
+    taken += [
+        (route.network, f"host route via {route.ifname}")
+        for route in netlink.host_routes(ipr)
+        if route.ifname not in ours
+    ]
     return taken
 
 
@@ -70,7 +76,9 @@ def create_network(
         clash = first_overlap(spec.subnet, taken)
         if clash:
             raise ConflictError(
-                f"creating network {name!r}", f"{spec.subnet} overlaps {clash[0]} ({clash[1]})", "choose another --subnet"
+                f"creating network {name!r}",
+                f"{spec.subnet} overlaps {clash[0]} ({clash[1]})",
+                "choose another --subnet",
             )
         if check is not None:
             check(spec)
@@ -78,7 +86,9 @@ def create_network(
         if user or netlink.link_exists(ipr, spec.bridge):
             owner = f"network {user!r}" if user else "the host"
             raise ConflictError(
-                f"creating network {name!r}", f"interface {spec.bridge!r} is already used by {owner}", "choose another --bridge"
+                f"creating network {name!r}",
+                f"interface {spec.bridge!r} is already used by {owner}",
+                "choose another --bridge",
             )
         with contextlib.ExitStack() as undo:
             store.add(spec)
@@ -101,7 +111,9 @@ def load_network(
             check(spec)
         return spec
     if name != DEFAULT_NETWORK:
-        raise NotFoundError(f"network {name!r}", "no such network", f"create it with `nsrun network create {name} --subnet CIDR`")
+        raise NotFoundError(
+            f"network {name!r}", "no such network", f"create it with `nsrun network create {name} --subnet CIDR`"
+        )
     with contextlib.suppress(ConflictError):  # a concurrent first launch created it first
         return create_network(dirs, ipr, DEFAULT_NETWORK, None, check=check)
     spec = store.get(name)
@@ -169,7 +181,9 @@ def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
             if users:
                 pids = ", ".join(str(lease.pid) for lease in users)
                 raise ConflictError(
-                    f"removing network {name!r}", f"{len(users)} sandbox(es) still use it (nsrun pids {pids})", "end them first"
+                    f"removing network {name!r}",
+                    f"{len(users)} sandbox(es) still use it (nsrun pids {pids})",
+                    "end them first",
                 )
             _remove_host_side(ipr, spec)
             store.remove(name)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Final
 
 import psutil
 
 __all__ = ["holder_alive", "kill_netns_members", "start_time"]
 
+# psutil derives start times from boot time and clock ticks: equal for one process, within rounding
+_SAME_START: Final = 0.01
+
 
 def start_time(pid: int) -> float:
-    return psutil.Process(pid).create_time()
+    return float(psutil.Process(pid).create_time())
 
 
 def holder_alive(pid: int, started: float) -> bool:
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < 0.01  # noqa: PLR2004
+        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < _SAME_START
+
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
 

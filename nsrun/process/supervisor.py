@@ -83,7 +83,7 @@ class Supervisor:
 
         try:
             # restore_signals resets SIGPIPE and SIGXFSZ, which Python ignores and exec would keep ignored
-            child = subprocess.Popen(argv, preexec_fn=enter_sandbox, env=env, restore_signals=True)  # noqa: PLW1509, S603
+            child = subprocess.Popen(argv, preexec_fn=enter_sandbox, env=env, restore_signals=True)  # noqa: PLW1509
         except FileNotFoundError as err:
             raise CommandError(
                 f"running {argv[0]!r}", "command not found", "check its name and PATH", exit_code=EXIT_NOT_FOUND
@@ -113,7 +113,7 @@ class Supervisor:
 
     def reap_leftovers(self) -> list[int]:
         """End every process the command left behind (SIGTERM, then SIGKILL); the pids found."""
-        import psutil  # noqa: PLC0415  # only needed once the command has exited
+        import psutil  # only needed once the command has exited
 
         leftovers = psutil.Process().children(recursive=True)
         for process in leftovers:

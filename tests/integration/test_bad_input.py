@@ -28,12 +28,16 @@ BAD_INPUTS = [
     pytest.param(["network", "create", "x", "--subnet", "10.0.0.1/24"], 2, id="cidr-host-bits"),
     pytest.param(["network", "create", "x", "--subnet", "nonsense"], 2, id="cidr-garbage"),
     pytest.param(["network", "create", "x", "--subnet", "10.9.0.0/24", "--bridge", "a" * 16], 2, id="bridge-16-bytes"),
-    pytest.param(["network", "create", "x", "--subnet", "10.9.0.0/24", "--gateway", "10.8.0.1"], 2, id="gateway-outside"),
+    pytest.param(
+        ["network", "create", "x", "--subnet", "10.9.0.0/24", "--gateway", "10.8.0.1"], 2, id="gateway-outside"
+    ),
     pytest.param(["network", "create", "bad/name", "--subnet", "10.9.0.0/24"], 2, id="bad-network-name"),
     pytest.param(["network", "create", "lab", "--subnet", "10.9.0.0/24"], 125, id="duplicate-name"),
     pytest.param(["network", "create", "y", "--subnet", "10.123.0.0/16"], 125, id="overlaps-network"),
     pytest.param(["network", "create", "y", "--subnet", "203.0.113.0/28"], 125, id="overlaps-host-route"),
-    pytest.param(["network", "create", "y", "--subnet", "10.9.0.0/24", "--bridge", "uplink"], 125, id="bridge-name-taken"),
+    pytest.param(
+        ["network", "create", "y", "--subnet", "10.9.0.0/24", "--bridge", "uplink"], 125, id="bridge-name-taken"
+    ),
     pytest.param(["network", "rm", "missing"], 125, id="rm-missing-network"),
     pytest.param(["network", "inspect", "missing"], 125, id="inspect-missing-network"),
 ]

@@ -50,7 +50,8 @@ def test_inside_has_lo_up_eth0_address_and_default_route(world: World) -> None:
     spec = json.loads(world.nsrun("network", "inspect", "nsrun").stdout)
     routes = _ip_json(world, "route")
     default = [r for r in routes if r["dst"] == "default"]
-    assert default and default[0]["gateway"] == spec["gateway"]
+    assert default
+    assert default[0]["gateway"] == spec["gateway"]
     addrs = [a for link in _ip_json(world, "-4", "addr", "show", "eth0") for a in link["addr_info"]]
     address = ipaddress.IPv4Address(addrs[0]["local"])
     assert address in ipaddress.IPv4Network(spec["subnet"])
@@ -79,8 +80,18 @@ def test_exit_status(world: World, argv: list[str], status: int) -> None:
 def test_two_sandboxes_on_one_network_reach_each_other(world: World) -> None:
     assert world.nsrun("network", "create", "lab", "--subnet", "10.123.0.0/24").returncode == 0
     server = world.nsrun_popen(
-        "--network", "lab", "--ip", "10.123.0.7", "--mac", "02:00:00:00:00:07", "--",
-        sys.executable, "-c", PEER_SERVER, "10.123.0.7", "9000",
+        "--network",
+        "lab",
+        "--ip",
+        "10.123.0.7",
+        "--mac",
+        "02:00:00:00:00:07",
+        "--",
+        sys.executable,
+        "-c",
+        PEER_SERVER,
+        "10.123.0.7",
+        "9000",
     )
     assert server.stdout is not None
     assert server.stdout.readline().strip() == "listening"
@@ -141,7 +152,12 @@ def test_sigkill_of_nsrun_kills_command_and_frees_address(world: World, tmp_path
     assert world.nsrun("network", "create", "one", "--subnet", "10.125.0.0/30").returncode == 0
     pidfile = tmp_path / "pids"
     launcher = world.nsrun_popen(
-        "--network", "one", "--", "sh", "-c", f"sleep 300 & echo $$ $! > {pidfile}; wait",
+        "--network",
+        "one",
+        "--",
+        "sh",
+        "-c",
+        f"sleep 300 & echo $$ $! > {pidfile}; wait",
     )
     world.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="sandbox start")
     command, grandchild = (int(p) for p in pidfile.read_text().split())
@@ -169,7 +185,10 @@ def test_leftover_processes_are_ended_with_the_command(world: World, tmp_path: P
 def test_sigterm_is_forwarded_to_the_command(world: World, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     launcher = world.nsrun_popen(
-        "--", "sh", "-c", f"trap 'exit 7' TERM; touch {ready}; while :; do sleep 0.1; done",
+        "--",
+        "sh",
+        "-c",
+        f"trap 'exit 7' TERM; touch {ready}; while :; do sleep 0.1; done",
     )
     world.wait_for(ready.exists, what="trap installed")
     launcher.send_signal(signal.SIGTERM)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from nsrun.errors import UsageError
+from nsrun.validate import parse_address, parse_mac, parse_subnet, validate_ifname, validate_name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("10.0.0.256", id="octet-too-big"),
+        pytest.param("10.0.0", id="three-octets"),
+        pytest.param("", id="empty"),
+        pytest.param("fd00::1", id="ipv6"),
+        pytest.param("10.0.0.1/24", id="with-prefix"),
+    ],
+)
+def test_parse_address_rejects(text: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_address(text)
+    assert info.value.exit_code == 2
+    assert "--ip" in str(info.value)
+
+
+def test_parse_address_accepts() -> None:
+    assert parse_address("10.123.0.7") == ipaddress.IPv4Address("10.123.0.7")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("10.0.0.0/33", id="prefix-too-long"),
+        pytest.param("10.0.0.1/24", id="host-bits-set"),
+        pytest.param("10.0.0.0/31", id="no-room"),
+        pytest.param("127.0.0.0/8", id="loopback"),
+        pytest.param("fd00::/64", id="ipv6"),
+        pytest.param("garbage", id="garbage"),
+    ],
+)
+def test_parse_subnet_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_subnet(text)
+
+
+def test_parse_subnet_accepts_a_30() -> None:
+    assert parse_subnet("10.1.2.0/30").num_addresses == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        pytest.param("02:00:00:00:00", "six hex bytes", id="short"),
+        pytest.param("02-00-00-00-00-07", "six hex bytes", id="dashes"),
+        pytest.param("01:00:5e:00:00:01", "multicast", id="multicast"),
+        pytest.param("00:00:00:00:00:00", "all-zero", id="zero"),
+    ],
+)
+def test_parse_mac_rejects(text: str, reason: str) -> None:
+    with pytest.raises(UsageError, match=reason):
+        parse_mac(text)
+
+
+def test_parse_mac_normalises_case() -> None:
+    assert parse_mac("02:AB:00:00:00:07") == "02:ab:00:00:00:07"
+
+
+@pytest.mark.parametrize("name", ["a" * 16, "", "a/b", "a b", "a:b", "..", "é" * 8])
+def test_ifname_limits(name: str) -> None:
+    with pytest.raises(UsageError):
+        validate_ifname(name)
+
+
+def test_ifname_of_15_bytes_is_accepted() -> None:
+    assert validate_ifname("a" * 15) == "a" * 15
+
+
+@pytest.mark.parametrize("name", ["", "-lab", "a/b", "a b", "x" * 64, "../etc"])
+def test_network_name_rejects(name: str) -> None:
+    with pytest.raises(UsageError):
+        validate_name(name)
