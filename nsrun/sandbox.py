@@ -177,7 +177,8 @@ class Sandbox:
             lease = allocate(network.name, network.pool, store, self._lease_factory(veth), requested)
             self.lease = lease
             self._step(f"releasing address {lease.address}", store.release, lease)
-            bridge_index = manager.ensure_host_side(host, network)
+            bridge_index, network = manager.ensure_host_side(self.dirs, host, network)
+            self.network = network
         plan = AttachPlan(
             bridge=network.bridge,
             host_veth=veth,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.world import World  # noqa: E402
+from tests.world import World
 
 # The classic manual way, as a user would script it: one namespace, veth, bridge port, address,
 # route, run, delete. Bridge nsbr0 (10.77.0.1/24) is set up once before the runs.

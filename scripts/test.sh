@@ -17,7 +17,7 @@ if [[ ! -e $stamp ]]; then
   touch "$stamp"
 fi
 
-"$venv/bin/ruff" check nsrun tests
-"$venv/bin/ruff" format --check nsrun tests
+"$venv/bin/ruff" check nsrun tests scripts
+"$venv/bin/ruff" format --check nsrun tests scripts
 "$venv/bin/mypy"
 "$venv/bin/python" -m pytest "$@"

@@ -22,11 +22,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
+# Every integration test that uses `world` runs against both firewall backends.
+BACKENDS = [pytest.param("nftables", id="nft"), pytest.param("iptables", id="ipt")]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def world() -> Iterator[World]:
+def world(backend: str) -> Iterator[World]:
     from tests.world import World
 
-    w = World()
+    w = World(firewall=backend)
     try:
         yield w
     finally:

@@ -37,7 +37,10 @@ print(s.recv(100).decode().strip())
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, firewall: str | None = None) -> None:
+        self.env = dict(os.environ)
+        if firewall is not None:
+            self.env["NSRUN_FIREWALL"] = firewall
         self._proc = subprocess.Popen(
             ["unshare", "--net", "--mount", "--propagation", "private", str(WORLD_SCRIPT)],
             stdout=subprocess.PIPE,
@@ -55,6 +58,7 @@ class World:
         return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
 
     def run(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
+        kw.setdefault("env", self.env)
         return subprocess.run(
             [*self._enter(), *args], capture_output=True, text=True, timeout=timeout, check=False, **kw
         )
@@ -62,6 +66,7 @@ class World:
     def popen(self, *args: str, **kw: Any) -> subprocess.Popen[str]:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
+        kw.setdefault("env", self.env)
         proc = subprocess.Popen([*self._enter(), *args], text=True, **kw)
         self._background.append(proc)
         return proc
@@ -80,6 +85,16 @@ class World:
 
     def client_argv(self, address: str = WAN_ADDRESS, port: int = 8080) -> list[str]:
         return [sys.executable, "-c", PEER_CLIENT, address, str(port)]
+
+    def serve_in_sandbox(self, address: str, port: int, *nsrun_args: str) -> subprocess.Popen[str]:
+        """A peer server in a sandbox at a static address; returns once it listens."""
+        proc = self.nsrun_popen(
+            *nsrun_args, "--ip", address, "--", sys.executable, "-c", PEER_SERVER, address, str(port)
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "listening", proc.stderr.read() if proc.stderr else line
+        return proc
 
     # -- observations ---------------------------------------------------------------------------
 

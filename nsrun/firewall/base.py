@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Final, Protocol
 from nsrun.errors import UsageError
 
 if TYPE_CHECKING:
-    from nsrun.firewall.rules import NetworkRules
+    from nsrun.firewall.rules import ForeignChain, NetworkRules
 
-__all__ = ["BACKENDS", "FirewallBackend", "open_backend"]
+__all__ = ["BACKENDS", "FirewallBackend", "ForwardCoexistence", "open_backend"]
 
-BACKENDS: Final = ("iptables", "none")
+BACKENDS: Final = ("iptables", "nftables", "none")
 
 
 class FirewallBackend(Protocol):
@@ -26,6 +26,21 @@ class FirewallBackend(Protocol):
         ...
 
     def network_present(self, rules: NetworkRules) -> bool: ...
+
+
+class ForwardCoexistence(Protocol):
+    """One ruleset (nf_tables, or the legacy x_tables) where another tool may drop forwarded
+    traffic by policy, and nsrun's scoped accepts in that tool's chain."""
+
+    def foreign_drops(self) -> list[ForeignChain]: ...
+
+    def accepts_in_place(self, rules: NetworkRules, chain: ForeignChain) -> bool: ...
+
+    def ensure_accepts(self, rules: NetworkRules, chain: ForeignChain) -> bool: ...
+
+    def remove_accepts(self, rules: NetworkRules) -> None:
+        """Delete exactly what nsrun added for this network, wherever it is."""
+        ...
 
 
 class NoFirewall:
@@ -48,6 +63,10 @@ def open_backend(name: str) -> FirewallBackend:
         from nsrun.firewall.iptables import IptablesBackend  # libiptc loads slowly
 
         return IptablesBackend()
+    if name == "nftables":
+        from nsrun.firewall.nftables import NftablesBackend
+
+        return NftablesBackend()
     if name == "none":
         return NoFirewall()
     raise UsageError(f"unknown firewall backend {name!r}", f"valid backends: {', '.join(BACKENDS)}")

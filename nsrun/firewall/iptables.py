@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.rules import Hook
+from nsrun.firewall.rules import DOCKER_USER, ForeignChain, Hook, accept_target
 from nsrun.firewall.xtables_lock import xtables_lock
 
 if TYPE_CHECKING:
@@ -27,13 +27,21 @@ if TYPE_CHECKING:
 
     from nsrun.firewall.rules import NetworkRules, Rule
 
-__all__ = ["FORWARD_CHAIN", "POSTROUTING_CHAIN", "IptablesBackend"]
+__all__ = ["FORWARD_CHAIN", "POSTROUTING_CHAIN", "IptablesBackend", "legacy_filter_in_use"]
 
 FORWARD_CHAIN: Final = "NSRUN-FORWARD"
 POSTROUTING_CHAIN: Final = "NSRUN-POSTROUTING"
 JUMP_COMMENT: Final = "nsrun"
 _FILTER: Final = "filter"
 _NAT: Final = "nat"
+
+
+def legacy_filter_in_use() -> bool:
+    """Whether this namespace has a legacy filter table; asking iptc would create one."""
+    try:
+        return "filter" in Path("/proc/net/ip_tables_names").read_text().split()
+    except OSError:
+        return False
 
 
 def _xtables_libdir() -> str | None:
@@ -106,6 +114,50 @@ class IptablesBackend:
             return self._in_place(
                 filter_table, Hook.FORWARD, FORWARD_CHAIN, rules.inbound + rules.outbound, rules
             ) and self._in_place(nat_table, Hook.POSTROUTING, POSTROUTING_CHAIN, rules.nat, rules)
+
+    # -- another tool's FORWARD policy DROP in the legacy tables --------------------------------
+
+    def foreign_drops(self) -> list[ForeignChain]:
+        with self._errors("reading the legacy FORWARD chain"):
+            table = self._table(_FILTER)
+            if table.get_policy(Hook.FORWARD.value)[0].name != "DROP":
+                return []
+            user = DOCKER_USER if table.is_chain(DOCKER_USER) else None
+            return [ForeignChain("legacy", _FILTER, Hook.FORWARD.value, user)]
+
+    def accepts_in_place(self, rules: NetworkRules, chain: ForeignChain) -> bool:
+        with self._errors(f"reading {chain.describe()}"):
+            table = self._table(_FILTER)
+            target = self._iptc.Chain(table, accept_target(chain))
+            return len(self._ours(target, rules)) == len(rules.accepts)
+
+    def ensure_accepts(self, rules: NetworkRules, chain: ForeignChain) -> bool:
+        with self._errors(f"adding nsrun's accepts to {chain.describe()}"), xtables_lock():
+            table = self._table(_FILTER)
+            target = self._iptc.Chain(table, accept_target(chain))
+            present = self._ours(target, rules)
+            if len(present) == len(rules.accepts):
+                return False
+            for rule in present:
+                target.delete_rule(rule)
+            for rule in reversed(rules.accepts):
+                target.insert_rule(self._render(rule), 0)
+            self._commit(table)
+            return True
+
+    def remove_accepts(self, rules: NetworkRules) -> None:
+        with self._errors(f"removing nsrun's legacy accepts of network {rules.network!r}"), xtables_lock():
+            table = self._table(_FILTER)
+            found = False
+            for name in (Hook.FORWARD.value, DOCKER_USER):
+                if not table.is_chain(name):
+                    continue
+                chain = self._iptc.Chain(table, name)
+                for rule in self._ours(chain, rules):
+                    chain.delete_rule(rule)
+                    found = True
+            if found:
+                self._commit(table)
 
     # -- one table ------------------------------------------------------------------------------
 

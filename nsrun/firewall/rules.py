@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-__all__ = ["MULTICAST", "Hook", "NetworkRules", "Rule", "Verdict", "comment_for", "network_rules"]
+__all__ = [
+    "MULTICAST",
+    "ForeignChain",
+    "Hook",
+    "NetworkRules",
+    "Rule",
+    "Verdict",
+    "accept_target",
+    "comment_for",
+    "network_rules",
+]
 
 MULTICAST: Final = ipaddress.IPv4Network("224.0.0.0/4")
 COMMENT_PREFIX: Final = "nsrun:"
@@ -53,6 +63,9 @@ class NetworkRules:
     inbound: tuple[Rule, ...]
     outbound: tuple[Rule, ...]
     nat: tuple[Rule, ...]
+    # what goes into another tool's forward chain that drops by policy: plain interface accepts,
+    # which that tool can still read back; the stateful checks stay in nsrun's own rules
+    accepts: tuple[Rule, ...]
 
     @property
     def comment(self) -> str:
@@ -91,4 +104,27 @@ def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network) -> N
             dest_negated=MULTICAST,
         ),
     )
-    return NetworkRules(network, bridge, subnet, inbound, outbound, nat)
+    accepts = (Rule(fwd, accept, tag, in_iface=bridge), Rule(fwd, accept, tag, out_iface=bridge))
+    return NetworkRules(network, bridge, subnet, inbound, outbound, nat, accepts)
+
+
+DOCKER_USER: Final = "DOCKER-USER"
+
+
+@dataclass(frozen=True)
+class ForeignChain:
+    """Another tool's base chain on the forward hook that drops what it does not accept."""
+
+    family: str
+    table: str
+    chain: str
+    user_chain: str | None = None  # where that tool wants users' rules (Docker's DOCKER-USER)
+
+    def describe(self) -> str:
+        return f"{self.family} {self.table} {self.chain}"
+
+
+def accept_target(chain: ForeignChain) -> str:
+    """Where nsrun's accepts go: the tool's user chain where it has one (Docker jumps to it first
+    and leaves it alone), else the dropping chain itself."""
+    return chain.user_chain or chain.chain

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 from typing import TYPE_CHECKING
 
 from nsrun.errors import ConflictError, NotFoundError, NsrunError
-from nsrun.firewall.base import open_backend
+from nsrun.firewall import host as firewall
+from nsrun.firewall.select import requested_backend, resolve_auto
 from nsrun.ipam.allocator import reclaim_stale
 from nsrun.ipam.leases import LeaseStore
 from nsrun.net import netlink, sysctl
@@ -34,8 +36,6 @@ __all__ = [
     "sweep_stale_leases",
 ]
 
-DEFAULT_FIREWALL = "iptables"
-
 
 def _taken_subnets(
     ipr: IPRoute, store: NetworkStore, exclude: str | None = None
@@ -58,7 +58,6 @@ def create_network(
     *,
     gateway: ipaddress.IPv4Address | None = None,
     bridge: str | None = None,
-    firewall: str = DEFAULT_FIREWALL,
     check: Callable[[NetworkSpec], None] | None = None,
 ) -> NetworkSpec:
     """Validate against every network and host route (and `check`), record the definition, set up
@@ -72,7 +71,7 @@ def create_network(
             subnet = next((c for c in auto_subnet_candidates() if first_overlap(c, taken) is None), None)
             if subnet is None:
                 raise NsrunError(f"creating network {name!r}", "no free private /24 left", "give one with --subnet")
-        spec = make_spec(name, subnet, gateway=gateway, bridge=bridge, firewall=firewall)
+        spec = make_spec(name, subnet, gateway=gateway, bridge=bridge, firewall=_wanted_backend(None))
         clash = first_overlap(spec.subnet, taken)
         if clash:
             raise ConflictError(
@@ -94,7 +93,7 @@ def create_network(
             store.add(spec)
             undo.callback(store.remove, spec.name)
             undo.callback(_remove_host_side, ipr, spec)
-            ensure_host_side(ipr, spec)
+            ensure_host_side(dirs, ipr, spec)
             undo.pop_all()
     return spec
 
@@ -130,17 +129,32 @@ def ensure_loaded(dirs: StateDirs, spec: NetworkSpec) -> None:
         raise NotFoundError(f"network {spec.name!r}", "it was removed or changed while the sandbox started", "retry")
 
 
-def ensure_host_side(ipr: IPRoute, spec: NetworkSpec) -> int:
+def _wanted_backend(recorded: str | None) -> str:
+    """NSRUN_FIREWALL when set; else the backend the network was created with; else auto's pick."""
+    requested = requested_backend()
+    if requested != "auto":
+        return requested
+    return recorded or resolve_auto()[0]
+
+
+def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[int, NetworkSpec]:
     """Bridge, gateway address, forwarding and firewall rules in place; repairs whatever is missing
-    (after a reboot, `nft flush ruleset`, a firewall reload). Returns the bridge's index."""
+    (after a reboot, `nft flush ruleset`, a firewall reload). A network whose rules another
+    backend installed is moved to the wanted one, so its record always names where its rules are.
+    Returns the bridge's index and the (possibly updated) network."""
     index = netlink.ensure_bridge(ipr, spec.bridge, spec.gateway, spec.subnet)
     sysctl.ensure_ip_forward()
-    open_backend(spec.firewall).ensure_network(spec.rules)
-    return index
+    wanted = _wanted_backend(spec.firewall)
+    if wanted != spec.firewall:
+        firewall.teardown_network_firewall(spec.firewall, spec.rules)
+        spec = dataclasses.replace(spec, firewall=wanted)
+        NetworkStore(dirs.networks).replace(spec)
+    firewall.ensure_network_firewall(spec.firewall, spec.rules)
+    return index, spec
 
 
 def _remove_host_side(ipr: IPRoute, spec: NetworkSpec) -> None:
-    open_backend(spec.firewall).teardown_network(spec.rules)
+    firewall.teardown_network_firewall(spec.firewall, spec.rules)
     netlink.delete_link(ipr, spec.bridge)
 
 

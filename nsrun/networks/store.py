@@ -46,6 +46,12 @@ class NetworkStore:
             partial.unlink(missing_ok=True)
         return True
 
+    def replace(self, spec: NetworkSpec) -> None:
+        """Overwrite an existing definition atomically (write aside, rename over)."""
+        partial = self.directory / f".{spec.name}.{os.getpid()}"
+        partial.write_text(spec.to_json())
+        partial.replace(self._path(spec.name))
+
     def remove(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
 

@@ -1,0 +1,63 @@
+"""A network's firewall on the host: its backend's rules plus accepts in other tools' dropping
+forward chains; installed, checked and repaired at each launch, removed with the network."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING
+
+from nsrun.errors import NsrunError
+from nsrun.firewall.base import open_backend
+
+if TYPE_CHECKING:
+    from nsrun.firewall.base import ForwardCoexistence
+    from nsrun.firewall.rules import ForeignChain, NetworkRules
+
+__all__ = ["coexistence_status", "ensure_network_firewall", "teardown_network_firewall"]
+
+
+def _worlds(backend: str) -> list[ForwardCoexistence]:
+    """The rulesets where another tool may drop forwarded traffic nsrun must let through.
+
+    nf_tables is always checked: a drop in any base chain on the hook is final, whatever nsrun's
+    own backend. The legacy tables only when nsrun's backend is not iptables: there nsrun's own
+    chain, jumped to first, already accepts.
+    """
+    worlds: list[ForwardCoexistence] = []
+    with contextlib.suppress(NsrunError):
+        from nsrun.firewall.nftables import NftablesBackend
+
+        worlds.append(NftablesBackend())
+    if backend != "iptables":
+        from nsrun.firewall.iptables import legacy_filter_in_use
+
+        if legacy_filter_in_use():
+            from nsrun.firewall.iptables import IptablesBackend
+
+            worlds.append(IptablesBackend())
+    return worlds
+
+
+def ensure_network_firewall(backend: str, rules: NetworkRules) -> bool:
+    """True if anything had to be (re)installed."""
+    if backend == "none":
+        return False
+    changed = open_backend(backend).ensure_network(rules)
+    for world in _worlds(backend):
+        for chain in world.foreign_drops():
+            changed = world.ensure_accepts(rules, chain) or changed
+    return changed
+
+
+def teardown_network_firewall(backend: str, rules: NetworkRules) -> None:
+    if backend != "none":
+        open_backend(backend).teardown_network(rules)
+    for world in _worlds("all"):
+        world.remove_accepts(rules)
+
+
+def coexistence_status(backend: str, rules: NetworkRules) -> list[tuple[ForeignChain, bool]]:
+    """Each foreign dropping chain and whether this network's accepts are in it."""
+    return [
+        (chain, world.accepts_in_place(rules, chain)) for world in _worlds(backend) for chain in world.foreign_drops()
+    ]

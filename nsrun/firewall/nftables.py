@@ -1,0 +1,280 @@
+"""The nftables backend, in-process through libnftables' JSON API; the only module importing nftables.
+
+Layout: one table of nsrun's own, `inet nsrun`, with base chains `forward` (filter) and
+`postrouting` (nat). Per network: chains `nw-NAME-in` (entered by a jump inserted at the top of
+`forward`, so every network's inbound checks precede every network's outbound accept) and
+`nw-NAME-out` (entered by a jump appended at the end), and its masquerade rule in `postrouting`.
+Every rule carries the comment `nsrun:NAME`. Each change is one atomic transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.errors import NsrunError
+from nsrun.firewall.rules import DOCKER_USER, ForeignChain, Verdict, accept_target
+
+if TYPE_CHECKING:
+    import ipaddress
+
+    from nsrun.firewall.rules import NetworkRules, Rule
+
+__all__ = ["FAMILY", "TABLE", "NftablesBackend", "open_nftables"]
+
+FAMILY: Final = "inet"
+TABLE: Final = "nsrun"
+FORWARD: Final = "forward"
+POSTROUTING: Final = "postrouting"
+_FILTER_PRIORITY: Final = 0
+_SRCNAT_PRIORITY: Final = 100
+_CT_STATES: Final = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"})
+_CT_STATUSES: Final = frozenset({"DNAT", "SNAT"})
+_T: Final = {"family": FAMILY, "table": TABLE}
+
+
+def open_nftables() -> Any:
+    try:
+        import nftables
+
+        nft = nftables.Nftables()
+    except (ImportError, OSError) as err:
+        raise NsrunError(
+            "loading libnftables", str(err), "install the libnftables1 package, or set NSRUN_FIREWALL=iptables"
+        ) from err
+    nft.set_json_output(True)
+    nft.set_handle_output(True)
+    return nft
+
+
+def in_chain(network: str) -> str:
+    return f"nw-{network}-in"
+
+
+def out_chain(network: str) -> str:
+    return f"nw-{network}-out"
+
+
+@dataclass
+class _Listing:
+    """nsrun's rules of one network as found in the ruleset: rule handles by chain."""
+
+    table_exists: bool = False
+    chains: set[str] = field(default_factory=set)
+    rules: dict[str, list[int]] = field(default_factory=dict)
+    other_networks: bool = False
+
+
+class NftablesBackend:
+    name = "nftables"
+
+    def __init__(self, nft: Any | None = None) -> None:
+        self._nft = nft if nft is not None else open_nftables()
+
+    # -- nsrun's own table ----------------------------------------------------------------------
+
+    def ensure_network(self, rules: NetworkRules) -> bool:
+        listing = self._listing(rules)
+        if self._complete(listing, rules):
+            return False
+        inside, outside = in_chain(rules.network), out_chain(rules.network)
+        commands: list[dict[str, Any]] = [
+            {"add": {"table": {"family": FAMILY, "name": TABLE}}},
+            _base_chain(FORWARD, "filter", "forward", _FILTER_PRIORITY),
+            _base_chain(POSTROUTING, "nat", "postrouting", _SRCNAT_PRIORITY),
+        ]
+        commands += [
+            _delete_rule(FAMILY, TABLE, chain, h)
+            for chain in (FORWARD, POSTROUTING)
+            for h in listing.rules.get(chain, [])
+        ]
+        for chain, members in ((inside, rules.inbound), (outside, rules.outbound)):
+            commands += [{"add": {"chain": {**_T, "name": chain}}}, {"flush": {"chain": {**_T, "name": chain}}}]
+            commands += [_add_rule(chain, render(rule), rule.comment) for rule in members]
+        commands.append(
+            _insert_rule(FAMILY, TABLE, FORWARD, [_iface("oifname", rules.bridge), _jump(inside)], rules.comment)
+        )
+        commands.append(_add_rule(FORWARD, [_iface("iifname", rules.bridge), _jump(outside)], rules.comment))
+        commands += [_add_rule(POSTROUTING, render(rule), rule.comment) for rule in rules.nat]
+        self._run(commands, f"installing nftables rules of network {rules.network!r}")
+        return True
+
+    def teardown_network(self, rules: NetworkRules) -> None:
+        listing = self._listing(rules)
+        commands = [_delete_rule(FAMILY, TABLE, c, h) for c in (FORWARD, POSTROUTING) for h in listing.rules.get(c, [])]
+        for chain in (in_chain(rules.network), out_chain(rules.network)):
+            if chain in listing.chains:
+                commands += [{"flush": {"chain": {**_T, "name": chain}}}, {"delete": {"chain": {**_T, "name": chain}}}]
+        if listing.table_exists and not listing.other_networks:
+            # the last nsrun network is gone: leave no table of nsrun's behind
+            commands = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+        if commands:
+            self._run(commands, f"removing nftables rules of network {rules.network!r}")
+
+    def network_present(self, rules: NetworkRules) -> bool:
+        return self._complete(self._listing(rules), rules)
+
+    # -- other tools' forward chains ------------------------------------------------------------
+
+    def foreign_drops(self) -> list[ForeignChain]:
+        """Base chains of other tables on the forward hook whose policy is drop."""
+        items = self._list({"list": {"ruleset": None}}, "reading the nftables ruleset")
+        chains = [item["chain"] for item in items if "chain" in item]
+        found = []
+        for chain in chains:
+            if chain.get("hook") != "forward" or chain.get("policy") != "drop":
+                continue
+            if (chain["family"], chain["table"]) == (FAMILY, TABLE):
+                continue
+            siblings = {c["name"] for c in chains if (c["family"], c["table"]) == (chain["family"], chain["table"])}
+            user = DOCKER_USER if DOCKER_USER in siblings else None
+            found.append(ForeignChain(chain["family"], chain["table"], chain["name"], user))
+        return found
+
+    def accepts_in_place(self, rules: NetworkRules, chain: ForeignChain) -> bool:
+        return len(self._foreign_rules(rules, chain)) == len(rules.accepts)
+
+    def ensure_accepts(self, rules: NetworkRules, chain: ForeignChain) -> bool:
+        handles = self._foreign_rules(rules, chain)
+        if len(handles) == len(rules.accepts):
+            return False
+        target = accept_target(chain)
+        commands = [_delete_rule(chain.family, chain.table, target, h) for h in handles]
+        commands += [
+            _insert_rule(chain.family, chain.table, target, render(r), r.comment) for r in reversed(rules.accepts)
+        ]
+        self._run(commands, f"adding nsrun's accepts to {chain.describe()}")
+        return True
+
+    def remove_accepts(self, rules: NetworkRules) -> None:
+        """Delete exactly the rules nsrun added to other tools' chains for this network."""
+        items = self._list({"list": {"ruleset": None}}, "reading the nftables ruleset")
+        commands = [
+            _delete_rule(r["family"], r["table"], r["chain"], r["handle"])
+            for item in items
+            if (r := item.get("rule"))
+            and r.get("comment") == rules.comment
+            and (r["family"], r["table"]) != (FAMILY, TABLE)
+        ]
+        if commands:
+            self._run(commands, f"removing nsrun's accepts of network {rules.network!r}")
+
+    def tables(self) -> list[tuple[str, str]]:
+        items = self._list({"list": {"tables": None}}, "listing nftables tables")
+        return [(item["table"]["family"], item["table"]["name"]) for item in items if "table" in item]
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _foreign_rules(self, rules: NetworkRules, chain: ForeignChain) -> list[int]:
+        target = accept_target(chain)
+        query = {"list": {"chain": {"family": chain.family, "table": chain.table, "name": target}}}
+        items = self._list(query, f"reading {chain.describe()}")
+        return [r["handle"] for item in items if (r := item.get("rule")) and r.get("comment") == rules.comment]
+
+    def _listing(self, rules: NetworkRules) -> _Listing:
+        listing = _Listing()
+        items = self._list(
+            {"list": {"table": {"family": FAMILY, "name": TABLE}}}, "reading table inet nsrun", missing_ok=True
+        )
+        ours = {in_chain(rules.network), out_chain(rules.network)}
+        for item in items:
+            listing.table_exists = listing.table_exists or "table" in item
+            if "chain" in item and item["chain"]["name"] in ours:
+                listing.chains.add(item["chain"]["name"])
+            rule = item.get("rule")
+            if not rule:
+                continue
+            if rule.get("comment") == rules.comment:
+                listing.rules.setdefault(rule["chain"], []).append(rule["handle"])
+            elif rule["chain"] in (FORWARD, POSTROUTING):
+                listing.other_networks = True
+        return listing
+
+    @staticmethod
+    def _complete(listing: _Listing, rules: NetworkRules) -> bool:
+        expected = {
+            in_chain(rules.network): len(rules.inbound),
+            out_chain(rules.network): len(rules.outbound),
+            FORWARD: 2,
+            POSTROUTING: len(rules.nat),
+        }
+        return all(len(listing.rules.get(chain, [])) == count for chain, count in expected.items())
+
+    def _list(self, command: dict[str, Any], action: str, *, missing_ok: bool = False) -> list[dict[str, Any]]:
+        rc, output, error = self._nft.json_cmd({"nftables": [command]})
+        if rc != 0:
+            if missing_ok and "No such file or directory" in error:
+                return []
+            raise NsrunError(action, _first_line(error), "run `nsrun doctor`")
+        items: list[dict[str, Any]] = output.get("nftables", []) if isinstance(output, dict) else []
+        return items
+
+    def _run(self, commands: list[dict[str, Any]], action: str) -> None:
+        rc, _, error = self._nft.json_cmd({"nftables": commands})
+        if rc != 0:
+            raise NsrunError(action, _first_line(error), "run `nsrun doctor` to check nf_tables support")
+
+
+def _first_line(error: str) -> str:
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[0] if lines else "libnftables failed"
+
+
+def _base_chain(name: str, kind: str, hook: str, priority: int) -> dict[str, Any]:
+    chain = {**_T, "name": name, "type": kind, "hook": hook, "prio": priority, "policy": "accept"}
+    return {"add": {"chain": chain}}
+
+
+def _add_rule(chain: str, expr: list[dict[str, Any]], comment: str | None = None) -> dict[str, Any]:
+    rule: dict[str, Any] = {**_T, "chain": chain, "expr": expr}
+    if comment:
+        rule["comment"] = comment
+    return {"add": {"rule": rule}}
+
+
+def _insert_rule(family: str, table: str, chain: str, expr: list[dict[str, Any]], comment: str) -> dict[str, Any]:
+    return {"insert": {"rule": {"family": family, "table": table, "chain": chain, "expr": expr, "comment": comment}}}
+
+
+def _delete_rule(family: str, table: str, chain: str, handle: int) -> dict[str, Any]:
+    return {"delete": {"rule": {"family": family, "table": table, "chain": chain, "handle": handle}}}
+
+
+def _iface(key: str, name: str, *, negated: bool = False) -> dict[str, Any]:
+    return {"match": {"op": "!=" if negated else "==", "left": {"meta": {"key": key}}, "right": name}}
+
+
+def _jump(chain: str) -> dict[str, Any]:
+    return {"jump": {"target": chain}}
+
+
+def _prefix(field_name: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network, op: str) -> dict[str, Any]:
+    protocol = "ip" if network.version == 4 else "ip6"  # noqa: PLR2004
+    right = {"prefix": {"addr": str(network.network_address), "len": network.prefixlen}}
+    return {"match": {"op": op, "left": {"payload": {"protocol": protocol, "field": field_name}}, "right": right}}
+
+
+def render(rule: Rule) -> list[dict[str, Any]]:
+    """One abstract rule as nftables JSON expressions, comment excluded."""
+    expr: list[dict[str, Any]] = []
+    if rule.in_iface:
+        expr.append(_iface("iifname", rule.in_iface))
+    if rule.out_iface:
+        expr.append(_iface("oifname", rule.out_iface, negated=rule.out_iface_negated))
+    if rule.source:
+        expr.append(_prefix("saddr", rule.source, "=="))
+    if rule.dest_negated:
+        expr.append(_prefix("daddr", rule.dest_negated, "!="))
+    states = sorted(s.lower() for s in rule.ctstates if s in _CT_STATES)
+    if states:
+        expr.append({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": states}})
+    statuses = sorted(s.lower() for s in rule.ctstates if s in _CT_STATUSES)
+    if statuses:
+        expr.append({"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": statuses}})
+    verdicts = {
+        Verdict.ACCEPT: {"accept": None},
+        Verdict.DROP: {"drop": None},
+        Verdict.MASQUERADE: {"masquerade": None},
+    }
+    expr.append(verdicts[rule.verdict])
+    return expr

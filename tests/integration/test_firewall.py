@@ -1,0 +1,234 @@
+"""Firewall backends, coexistence with other tools' DROP policies, isolation and self-repair."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.world import UPLINK_ADDRESS, World
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.privileged
+
+FOREIGN_DROPS = {
+    "iptables-nft": ["iptables-nft -P FORWARD DROP"],
+    "iptables-legacy": ["iptables-legacy -P FORWARD DROP"],
+    "docker-nft": [
+        "iptables-nft -N DOCKER-USER",
+        "iptables-nft -A FORWARD -j DOCKER-USER",
+        "iptables-nft -P FORWARD DROP",
+    ],
+    "docker-legacy": [
+        "iptables-legacy -N DOCKER-USER",
+        "iptables-legacy -A FORWARD -j DOCKER-USER",
+        "iptables-legacy -P FORWARD DROP",
+    ],
+}
+
+
+@pytest.fixture
+def auto_world() -> Iterator[World]:
+    w = World()  # NSRUN_FIREWALL unset: the backend `auto` picks
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def _reaches_wan(world: World, *args: str) -> bool:
+    result = world.nsrun(*args, "--", *world.client_argv())
+    return result.returncode == 0 and result.stdout.strip() == UPLINK_ADDRESS
+
+
+def _sh(world: World, command: str) -> None:
+    result = world.run("sh", "-c", command)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("foreign", list(FOREIGN_DROPS))
+def test_default_backend_works_under_a_foreign_forward_drop(auto_world: World, foreign: str) -> None:
+    world = auto_world
+    world.wan_server()
+    for command in FOREIGN_DROPS[foreign]:
+        _sh(world, command)
+    assert _reaches_wan(world)
+    assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["firewall"] == "nftables"
+    tool = "iptables-legacy" if "legacy" in foreign else "iptables-nft"
+    listing = world.run(tool, "-S")
+    assert listing.returncode == 0, listing.stderr
+    assert "incompatible" not in listing.stdout + listing.stderr
+    assert "-P FORWARD DROP" in listing.stdout  # the other tool's policy is untouched
+    # the accepts sit where that tool wants users' rules, and it can read them back
+    target = "DOCKER-USER" if "docker" in foreign else "FORWARD"
+    assert f'-A {target} -i nsrun0 -m comment --comment "nsrun:nsrun" -j ACCEPT' in listing.stdout
+    assert f'-A {target} -o nsrun0 -m comment --comment "nsrun:nsrun" -j ACCEPT' in listing.stdout
+
+
+# A sandbox that connects to the wan server each time it reads a line, and prints what it saw.
+PROBER = """
+import socket, sys
+for _ in sys.stdin:
+    try:
+        s = socket.create_connection(("203.0.113.10", 8080), timeout=1.5)
+        print(s.recv(100).decode().strip(), flush=True)
+    except OSError as err:
+        print("failed", err, flush=True)
+"""
+
+
+def test_without_nsruns_accepts_the_foreign_drop_blocks_and_a_launch_restores_them(auto_world: World) -> None:
+    world = auto_world
+    world.wan_server()
+    _sh(world, "iptables-nft -P FORWARD DROP")
+    prober = world.nsrun_popen("--", sys.executable, "-c", PROBER, stdin=subprocess.PIPE)
+    assert prober.stdin is not None
+    assert prober.stdout is not None
+
+    def probe() -> str:
+        prober.stdin.write("go\n")  # type: ignore[union-attr]
+        prober.stdin.flush()  # type: ignore[union-attr]
+        return prober.stdout.readline().strip()  # type: ignore[union-attr]
+
+    assert probe() == UPLINK_ADDRESS
+    _sh(world, "iptables-nft -F FORWARD")  # another tool reloads its chain: nsrun's accepts are gone
+    assert probe().startswith("failed")  # so the foreign DROP policy really drops sandbox traffic
+    assert world.nsrun("--net", "none", "--", "true").returncode == 0  # no network: no repair
+    assert probe().startswith("failed")
+    assert world.nsrun("--", "true").returncode == 0  # a launch on the network checks and repairs
+    assert probe() == UPLINK_ADDRESS
+    prober.stdin.close()
+    assert prober.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        pytest.param("iptables-nft -P FORWARD DROP", id="nft-drop"),
+        pytest.param("iptables-legacy -P FORWARD DROP", id="legacy-drop"),
+    ],
+)
+def test_each_backend_works_under_a_foreign_drop(world: World, foreign: str) -> None:
+    world.wan_server()
+    _sh(world, foreign)
+    assert _reaches_wan(world)
+
+
+def test_rules_land_in_the_backends_ruleset(world: World, backend: str) -> None:
+    assert world.nsrun("--", "true").returncode == 0
+    legacy = world.run("iptables-legacy-save").stdout
+    nft = world.run("nft", "list", "ruleset").stdout
+    if backend == "iptables":
+        assert "NSRUN-FORWARD" in legacy
+        assert "NSRUN-POSTROUTING" in legacy
+        assert "nsrun" not in nft
+    else:
+        assert "table inet nsrun" in nft
+        assert "masquerade" in nft
+        assert "nsrun" not in legacy
+    assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["firewall"] == backend
+
+
+def test_a_launch_leaves_intact_rules_alone(world: World) -> None:
+    assert world.nsrun("--", "true").returncode == 0
+    # handles (nft -a) and rule positions change if anything is deleted and re-added
+    before = world.run("nft", "-a", "list", "ruleset").stdout, world.run("iptables-legacy-save").stdout
+    assert world.nsrun("--", "true").returncode == 0
+    after = world.run("nft", "-a", "list", "ruleset").stdout, world.run("iptables-legacy-save").stdout
+    assert [_no_counters(text) for text in after] == [_no_counters(text) for text in before]
+
+
+def _no_counters(text: str) -> str:
+    return "\n".join(line.split(" [")[0] for line in text.splitlines() if not line.startswith("#"))
+
+
+def test_network_rm_leaves_nothing_in_either_ruleset(world: World) -> None:
+    _sh(world, "iptables-nft -P FORWARD DROP; iptables-legacy -P FORWARD DROP")
+    assert world.nsrun("--", "true").returncode == 0  # the default network stays
+    before = world.snapshot()
+    assert world.nsrun("network", "create", "lab", "--subnet", "10.123.0.0/24").returncode == 0
+    assert world.nsrun("--network", "lab", "--", "true").returncode == 0
+    assert "nsrun:lab" in world.run("nft", "list", "ruleset").stdout + world.run("iptables-legacy-save").stdout
+    assert world.nsrun("network", "rm", "lab").returncode == 0
+    after = world.snapshot()
+    assert "lab" not in after["nft"]
+    assert "lab" not in after["legacy"]
+    assert after == before
+    assert world.nsrun("network", "rm", "nsrun").returncode == 0
+    assert "nsrun" not in world.run("nft", "list", "ruleset").stdout
+    assert "nsrun" not in world.run("iptables-legacy-save").stdout.lower()
+
+
+def test_outside_cannot_connect_to_a_sandbox(world: World) -> None:
+    assert world.nsrun("network", "create", "lab", "--subnet", "10.123.0.0/24").returncode == 0
+    server = world.serve_in_sandbox("10.123.0.7", 9000, "--network", "lab")
+    # from the host itself it answers, so the server is really there
+    assert world.run(*world.client_argv("10.123.0.7", 9000)).stdout.strip() == "10.123.0.1"
+    # a wan host that routes the sandbox subnet via this host gets nowhere
+    _sh(world, "ip netns exec wan ip route add 10.123.0.0/24 via 203.0.113.1")
+    outside = world.run("ip", "netns", "exec", "wan", *world.client_argv("10.123.0.7", 9000))
+    assert outside.returncode != 0
+    assert "timed out" in outside.stderr or "refused" in outside.stderr.lower()
+    server.terminate()
+
+
+def test_sandboxes_of_two_networks_cannot_reach_each_other(world: World) -> None:
+    assert world.nsrun("network", "create", "a", "--subnet", "10.123.0.0/24").returncode == 0
+    assert world.nsrun("network", "create", "b", "--subnet", "10.124.0.0/24").returncode == 0
+    server = world.serve_in_sandbox("10.123.0.7", 9000, "--network", "a")
+    same = world.nsrun("--network", "a", "--", *world.client_argv("10.123.0.7", 9000))
+    assert same.stdout.strip().startswith("10.123.0.")
+    other = world.nsrun("--network", "b", "--", *world.client_argv("10.123.0.7", 9000))
+    assert other.returncode != 0
+    server.terminate()
+
+
+def test_launch_repairs_rules_after_a_flush(world: World, backend: str) -> None:
+    world.wan_server()
+    assert _reaches_wan(world)
+    if backend == "nftables":
+        _sh(world, "nft flush ruleset")
+    else:
+        _sh(world, "iptables-legacy -F; iptables-legacy -t nat -F")
+    # without nsrun's masquerade the wan server would see the sandbox address, or nothing at all
+    probe = world.nsrun("--net", "host", "--", *world.client_argv())
+    assert probe.stdout.strip() == UPLINK_ADDRESS
+    assert _reaches_wan(world)
+
+
+def test_forced_backend_moves_an_existing_network(auto_world: World) -> None:
+    world = auto_world
+    world.wan_server()
+    assert _reaches_wan(world)
+    assert "table inet nsrun" in world.run("nft", "list", "ruleset").stdout
+    world.env["NSRUN_FIREWALL"] = "iptables"
+    assert _reaches_wan(world)
+    assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["firewall"] == "iptables"
+    assert "nsrun" not in world.run("nft", "list", "ruleset").stdout
+    assert "NSRUN-FORWARD" in world.run("iptables-legacy-save").stdout
+
+
+def test_invalid_firewall_choice_is_a_usage_error(auto_world: World) -> None:
+    auto_world.env["NSRUN_FIREWALL"] = "pf"
+    before = auto_world.snapshot()
+    result = auto_world.nsrun("--", "true")
+    assert result.returncode == 2
+    assert "NSRUN_FIREWALL" in result.stderr
+    assert auto_world.snapshot() == before
+
+
+def test_auto_picks_iptables_on_a_legacy_host(auto_world: World, tmp_path: Path) -> None:
+    # this world's `iptables` is the legacy one, as after `update-alternatives --set iptables ...`
+    world = auto_world
+    (tmp_path / "iptables").symlink_to("/usr/sbin/xtables-legacy-multi")
+    world.env["PATH"] = f"{tmp_path}:{world.env['PATH']}"
+    world.wan_server()
+    assert _reaches_wan(world)
+    assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["firewall"] == "iptables"
+    assert "NSRUN-FORWARD" in world.run("iptables-legacy-save").stdout
