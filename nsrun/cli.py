@@ -26,7 +26,9 @@ _HELP_EPILOG: Final = """\
 Exit status: the command's own; 128+N if it died of signal N; 127 command not found;
 126 command not executable; 125 nsrun itself failed; 2 usage error.
 Every error is one line on stderr; --debug or NSRUN_DEBUG=1 adds the traceback.
-Environment: NSRUN_DEBUG=1 (tracebacks). State: /run/nsrun (leases), /var/lib/nsrun (networks).
+Environment: NSRUN_DEBUG=1 (tracebacks); NSRUN_FIREWALL=auto|iptables|nftables|none
+(firewall backend; auto picks per host, `nsrun doctor` says which and why).
+State: /run/nsrun (leases), /var/lib/nsrun (networks).
 """
 
 
@@ -47,7 +49,7 @@ class _LauncherGroup(TyperGroup):
         return rest
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:  # noqa: ARG002
-        return ["[OPTIONS] [--] CMD [ARGS]...", "|", "network SUBCOMMAND ..."]
+        return ["[OPTIONS] [--] CMD [ARGS]...", "|", "network SUBCOMMAND ...", "|", "doctor [--json]"]
 
 
 app = typer.Typer(
@@ -220,6 +222,20 @@ def network_rm(name: Annotated[str, typer.Argument(help="Network name.")]) -> No
     with _closing(_host()) as ipr:
         manager.remove_network(StateDirs(), ipr, name)
     typer.echo(name)
+
+
+@app.command("doctor")
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Check this host for what nsrun needs and what gets in its way; one row per check with
+    ok/warn/fail and the exact fix. Exit status 0 when no check fails, 1 otherwise."""
+    from nsrun import doctor as checks
+    from nsrun.paths import StateDirs
+
+    results = checks.run_checks(StateDirs())
+    typer.echo(checks.render_json(results) if as_json else checks.render_table(results))
+    raise typer.Exit(checks.exit_code(results))
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class ForwardCoexistence(Protocol):
         """Delete exactly what nsrun added for this network, wherever it is."""
         ...
 
+    def orphans(self, known: set[str]) -> list[tuple[str, str]]:
+        """(network, exact fix) for rules tagged with a network that has no definition."""
+        ...
+
 
 class NoFirewall:
     """For hosts whose firewall someone else manages: nsrun adds no rules at all."""

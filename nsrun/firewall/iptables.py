@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.rules import DOCKER_USER, ForeignChain, Hook, accept_target
+from nsrun.firewall.rules import COMMENT_PREFIX, DOCKER_USER, ForeignChain, Hook, accept_target
 from nsrun.firewall.xtables_lock import xtables_lock
 
 if TYPE_CHECKING:
@@ -158,6 +158,29 @@ class IptablesBackend:
                     found = True
             if found:
                 self._commit(table)
+
+    def orphans(self, known: set[str]) -> list[tuple[str, str]]:
+        """(network, exact fix) for every network with legacy rules here but no definition."""
+        places = ((_FILTER, (FORWARD_CHAIN, Hook.FORWARD.value, DOCKER_USER)), (_NAT, (POSTROUTING_CHAIN,)))
+        fixes: dict[str, list[str]] = {}
+        with self._errors("reading the legacy rules"):
+            for table_name, chains in places:
+                table = self._table(table_name)
+                for chain_name in chains:
+                    if not table.is_chain(chain_name):
+                        continue
+                    for rule in self._iptc.Chain(table, chain_name).rules:
+                        comment = next((m.comment for m in rule.matches if m.name == "comment"), "")
+                        network = comment[len(COMMENT_PREFIX) :] if comment.startswith(COMMENT_PREFIX) else None
+                        if network is None or network in known:
+                            continue
+                        fix = (
+                            f"iptables-legacy -t {table_name} -S {chain_name} | grep -F '\"{comment}\"' "
+                            f"| sed 's/^-A/-D/' | xargs -L1 iptables-legacy -t {table_name}"
+                        )
+                        if fix not in fixes.setdefault(network, []):
+                            fixes[network].append(fix)
+        return [(network, "; ".join(commands)) for network, commands in sorted(fixes.items())]
 
     # -- one table ------------------------------------------------------------------------------
 

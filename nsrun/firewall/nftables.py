@@ -9,11 +9,12 @@ Every rule carries the comment `nsrun:NAME`. Each change is one atomic transacti
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.rules import DOCKER_USER, ForeignChain, Verdict, accept_target
+from nsrun.firewall.rules import COMMENT_PREFIX, DOCKER_USER, ForeignChain, Verdict, accept_target
 
 if TYPE_CHECKING:
     import ipaddress
@@ -158,6 +159,29 @@ class NftablesBackend:
         ]
         if commands:
             self._run(commands, f"removing nsrun's accepts of network {rules.network!r}")
+
+    def orphans(self, known: set[str]) -> list[tuple[str, str]]:
+        """(network, exact fix) for every network with rules here but no definition."""
+        items = self._list({"list": {"ruleset": None}}, "reading the nftables ruleset")
+        fixes: dict[str, list[str]] = {}
+        for item in items:
+            rule = item.get("rule")
+            if not rule or not str(rule.get("comment", "")).startswith(COMMENT_PREFIX):
+                continue
+            network = rule["comment"][len(COMMENT_PREFIX) :]
+            if network in known or rule["chain"] in (in_chain(network), out_chain(network)):
+                continue
+            where = f"{rule['family']} {rule['table']} {rule['chain']}"
+            fixes.setdefault(network, []).append(f"nft delete rule {where} handle {rule['handle']}")
+        for item in items:
+            chain = item.get("chain")
+            if not chain or (chain["family"], chain["table"]) != (FAMILY, TABLE):
+                continue
+            match = re.fullmatch(r"nw-(.+)-(in|out)", chain["name"])
+            if match and match.group(1) not in known:
+                where = f"{FAMILY} {TABLE} {chain['name']}"
+                fixes.setdefault(match.group(1), []).append(f"nft flush chain {where}; nft delete chain {where}")
+        return [(network, "; ".join(commands)) for network, commands in sorted(fixes.items())]
 
     def tables(self) -> list[tuple[str, str]]:
         items = self._list({"list": {"tables": None}}, "listing nftables tables")
