@@ -49,7 +49,7 @@ class _LauncherGroup(TyperGroup):
         return rest
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:  # noqa: ARG002
-        return ["[OPTIONS] [--] CMD [ARGS]...", "|", "network SUBCOMMAND ...", "|", "doctor [--json]"]
+        return ["[OPTIONS] [--] CMD [ARGS]...", "|", "ls | exec NAME CMD... | network ... | doctor"]
 
 
 app = typer.Typer(
@@ -72,25 +72,53 @@ _state: dict[str, bool] = {"debug": False}
 
 
 @app.callback()
-def launch(
+def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
     ctx: typer.Context,
     net: Annotated[
         str,
         typer.Option(
             "--net",
             metavar="MODE",
-            help="bridge: own namespace on a network with NAT; none: loopback only; host: no new namespace.",
+            help="bridge: own namespace on a network with NAT; none: loopback only; host: the host's network;"
+            " sandbox:NAME: the network of a running sandbox.",
         ),
     ] = "bridge",
     network: Annotated[
         str,
-        typer.Option("--network", metavar="NAME", help="Network to join (created on first use if it is the default)."),
+        typer.Option("--network", metavar="NAME", help="Network to join (the default one is created on first use)."),
     ] = "nsrun",
     ip: Annotated[
         str | None, typer.Option("--ip", metavar="ADDR", help="Static address inside the network's subnet.")
     ] = None,
     mac: Annotated[str | None, typer.Option("--mac", metavar="MAC", help="MAC address of the sandbox's eth0.")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and progress on stderr.")] = False,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", metavar="NAME", help="Name, unique among running sandboxes: for ls, exec, ip netns exec."
+        ),
+    ] = None,
+    hostname: Annotated[
+        str | None,
+        typer.Option("--hostname", metavar="NAME", help="Hostname in the sandbox (default: its name or id)."),
+    ] = None,
+    dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dns", metavar="ADDR", help="DNS server for the sandbox's resolv.conf; repeatable; replaces the host's."
+        ),
+    ] = None,
+    user: Annotated[
+        str | None,
+        typer.Option("--user", "-u", metavar="USER[:GROUP]", help="Run the command as this user, without root."),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", "-e", metavar="KEY=VALUE", help="Set an environment variable; repeatable."),
+    ] = None,
+    workdir: Annotated[
+        str | None, typer.Option("--workdir", "-w", metavar="DIR", help="Working directory of the command.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
 ) -> None:
     """Run CMD in its own network namespace, on a host bridge, with an address from the network's
     pool, a default route and NAT to the outside. Everything from CMD on belongs to the command.
@@ -99,6 +127,7 @@ def launch(
     Examples:
       sudo nsrun -- curl -sI https://example.org
       sudo nsrun --network lab --ip 10.123.0.7 -- ./server
+      sudo nsrun --name web --user www-data -- python3 -m http.server 8000
       sudo nsrun --net none -- ./untrusted
       sudo nsrun network create lab --subnet 10.123.0.0/24
     """
@@ -114,7 +143,19 @@ def launch(
         )
     from nsrun.sandbox import SandboxRequest
 
-    request = SandboxRequest.parse(argv, net=net, network=network, ip=ip, mac=mac)
+    request = SandboxRequest.parse(
+        argv,
+        net=net,
+        network=network,
+        ip=ip,
+        mac=mac,
+        name=name,
+        hostname=hostname,
+        dns=dns or (),
+        user=user,
+        env=env or (),
+        workdir=workdir,
+    )
     raise typer.Exit(_run(request))
 
 
@@ -222,6 +263,59 @@ def network_rm(name: Annotated[str, typer.Argument(help="Network name.")]) -> No
     with _closing(_host()) as ipr:
         manager.remove_network(StateDirs(), ipr, name)
     typer.echo(name)
+
+
+@app.command("ls")
+def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List running sandboxes: name, pid, network, addresses, ports, command, age."""
+    import time
+
+    from nsrun.sandbox import live_sandboxes
+
+    records = live_sandboxes()
+    if as_json:
+        from dataclasses import asdict
+
+        typer.echo(json.dumps([asdict(r) | {"age": round(time.time() - r.created, 1)} for r in records], indent=2))
+        return
+    rows = [("NAME", "PID", "NETWORK", "ADDRESSES", "PORTS", "COMMAND", "AGE")]
+    for r in records:
+        age = _age(time.time() - r.created)
+        command = " ".join(r.command)
+        command = command if len(command) <= 40 else command[:37] + "..."  # noqa: PLR2004
+        pid = str(r.child_pid or r.pid)
+        rows.append((r.name, pid, r.network, ",".join(r.addresses) or "-", ",".join(r.ports) or "-", command, age))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:  # noqa: PLR2004
+        return f"{seconds:.0f}s"
+    if seconds < 3600:  # noqa: PLR2004
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+@app.command(
+    "exec",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)
+def exec_command(
+    name: Annotated[str, typer.Argument(help="Name or id of a running sandbox.")],
+    argv: Annotated[list[str], typer.Argument(metavar="[--] CMD [ARGS]...", help="The command and its arguments.")],
+    user: Annotated[str | None, typer.Option("--user", "-u", metavar="USER[:GROUP]", help="Run as this user.")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE", help="Set a variable; repeatable.")
+    ] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR", help="Working directory.")] = None,
+) -> None:
+    """Run CMD inside a running sandbox's network, mount and UTS namespaces; exits with its status."""
+    from nsrun.sandbox import exec_in
+
+    command = argv[1:] if argv[:1] == ["--"] else argv
+    raise typer.Exit(exec_in(name, command, user=user, env=env or (), workdir=workdir))
 
 
 @app.command("doctor")

@@ -32,6 +32,10 @@ class StateDirs:
         return self.run / "leases" / network
 
     @property
+    def sandboxes(self) -> Path:
+        return self.run / "sandboxes"
+
+    @property
     def lock(self) -> Path:
         """Serialises changes to the set of networks (create, remove, the default's first use)."""
         return self.run / "networks.lock"

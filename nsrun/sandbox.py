@@ -1,8 +1,8 @@
-"""The sandbox library: set up a network namespace for one command, run it, tear everything down.
+"""The sandbox library: set up namespaces for one command, run it, tear everything down.
 
 The CLI calls this in-process; test suites and a future warm helper call the same API:
 
-    request = SandboxRequest.parse(["server"], net="bridge", network="lab")
+    request = SandboxRequest.parse(["server"], net="bridge", network="lab", name="web")
     with Sandbox(request) as sandbox:           # setup(); teardown() on exit, whatever happened
         status = sandbox.run()                  # the command's exit status (128+N for signal N)
 
@@ -19,11 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from nsrun.errors import TeardownError, UsageError
 from nsrun.paths import StateDirs
-from nsrun.validate import parse_address, parse_mac, validate_name
+from nsrun.validate import parse_address, parse_dns, parse_env, parse_mac, validate_hostname, validate_name
 
 if TYPE_CHECKING:
     import ipaddress
@@ -32,15 +33,23 @@ if TYPE_CHECKING:
 
     from nsrun.ipam.leases import Lease
     from nsrun.networks.spec import NetworkSpec
+    from nsrun.process.child import ChildPlan, Credentials
     from nsrun.process.supervisor import Supervisor
+    from nsrun.registry import Registry, SandboxRecord
 
-__all__ = ["NetMode", "Sandbox", "SandboxRequest"]
+__all__ = ["NetMode", "Sandbox", "SandboxRequest", "exec_in", "live_sandboxes"]
+
+ETC_NETNS = Path("/etc/netns")  # per-namespace /etc overrides, as `ip netns exec` applies them
 
 
 class NetMode(StrEnum):
     BRIDGE = "bridge"
     NONE = "none"
     HOST = "host"
+    SANDBOX = "sandbox"  # sandbox:NAME, the network namespace of a running sandbox
+
+
+JOIN_PREFIX = "sandbox:"
 
 
 @dataclass(frozen=True)
@@ -50,9 +59,21 @@ class SandboxRequest:
     network: str = "nsrun"
     ip: ipaddress.IPv4Address | None = None
     mac: str | None = None
+    name: str | None = None
+    hostname: str | None = None
+    dns: tuple[str, ...] = ()
+    credentials: Credentials | None = None
+    user_env: tuple[tuple[str, str], ...] = ()  # LOGNAME/USER/HOME of --user
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    join: str | None = None  # with --net sandbox:NAME
+
+    @property
+    def owns_netns(self) -> bool:
+        return self.net in (NetMode.BRIDGE, NetMode.NONE)
 
     @classmethod
-    def parse(
+    def parse(  # noqa: PLR0913  # one keyword per CLI option
         cls,
         argv: Sequence[str],
         *,
@@ -60,21 +81,57 @@ class SandboxRequest:
         network: str = "nsrun",
         ip: str | None = None,
         mac: str | None = None,
+        name: str | None = None,
+        hostname: str | None = None,
+        dns: Sequence[str] = (),
+        user: str | None = None,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
     ) -> SandboxRequest:
         """Check every option before anything is touched; raises UsageError."""
         if not argv:
             raise UsageError("no command given", "nsrun runs a command", "usage: nsrun [OPTIONS] [--] CMD [ARGS...]")
-        try:
-            mode = NetMode(net)
-        except ValueError:
-            choices = ", ".join(m.value for m in NetMode)
-            raise UsageError(f"invalid --net {net!r}", f"choose one of: {choices}") from None
+        join = None
+        if net.startswith(JOIN_PREFIX):
+            join = validate_name(net.removeprefix(JOIN_PREFIX), what="sandbox name in --net")
+            net = NetMode.SANDBOX.value
+        modes = {m.value: m for m in NetMode if m is not NetMode.SANDBOX or join is not None}
+        if net not in modes:
+            raise UsageError(f"invalid --net {net!r}", "choose one of: bridge, none, host, sandbox:NAME")
+        mode = modes[net]
         validate_name(network)
         address = parse_address(ip) if ip is not None else None
         hwaddr = parse_mac(mac) if mac is not None else None
         if mode is not NetMode.BRIDGE and (address or hwaddr):
             raise UsageError(f"--ip and --mac with --net {mode.value}", "they need a bridge", "use --net bridge")
-        return cls(tuple(argv), mode, network, address, hwaddr)
+        if name is not None:
+            validate_name(name, what="--name")
+        if hostname is not None:
+            validate_hostname(hostname)
+        credentials: Credentials | None = None
+        user_env: tuple[tuple[str, str], ...] = ()
+        if user is not None:
+            from nsrun.users import resolve_user
+
+            credentials, login, home = resolve_user(user)
+            user_env = (("HOME", home), ("USER", login), ("LOGNAME", login))
+        if workdir is not None and not os.path.isdir(workdir):
+            raise UsageError(f"invalid --workdir {workdir!r}", "no such directory")
+        return cls(
+            argv=tuple(argv),
+            net=mode,
+            network=network,
+            ip=address,
+            mac=hwaddr,
+            name=name,
+            hostname=hostname,
+            dns=tuple(parse_dns(server) for server in dns),
+            credentials=credentials,
+            user_env=user_env,
+            env=tuple(parse_env(item) for item in env),
+            workdir=os.path.abspath(workdir) if workdir else None,
+            join=join,
+        )
 
 
 @dataclass
@@ -85,19 +142,31 @@ class Sandbox:
     netns_fd: int | None = field(default=None, init=False)
     network: NetworkSpec | None = field(default=None, init=False)
     lease: Lease | None = field(default=None, init=False)
-    supervisor: Supervisor | None = field(default=None, init=False)
+    record: SandboxRecord | None = field(default=None, init=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
     _failures: list[str] = field(default_factory=list, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.request.name or self.sandbox_id
+
+    @property
+    def hostname(self) -> str:
+        return self.request.hostname or (self.request.name or f"nsrun-{self.sandbox_id}")
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def setup(self) -> None:
         with contextlib.ExitStack() as stack:
             self._undo = stack
+            self._register()
             if self.request.net is NetMode.NONE:
-                self._setup_isolated()
+                self._open_netns()
             elif self.request.net is NetMode.BRIDGE:
                 self._setup_bridged()
+            elif self.request.net is NetMode.SANDBOX:
+                self._join_netns()
+            self._write_etc_files()
             self._undo = stack.pop_all()
 
     def teardown(self) -> None:
@@ -125,10 +194,43 @@ class Sandbox:
 
         supervisor = supervisor or Supervisor()
         try:
-            supervisor.spawn(self.request.argv, netns_fd=self.netns_fd)
+            process = supervisor.spawn(self.request.argv, self.child_plan(), env=self.environment())
+            self._announce(process.pid)
             return supervisor.wait()
         finally:
             supervisor.reap_leftovers()
+
+    def child_plan(self) -> ChildPlan:
+        from nsrun.process.child import ChildPlan
+
+        files = self._registry().files(self.sandbox_id)
+        own_net = self.request.net is not NetMode.HOST
+        binds = [(str(files / "hosts"), "/etc/hosts")]
+        if Path("/etc/hostname").exists():
+            binds.append((str(files / "hostname"), "/etc/hostname"))
+        if own_net or self.request.dns:
+            binds.append((str(files / "resolv.conf"), "/etc/resolv.conf"))
+        overrides = ETC_NETNS / self.name
+        if self.request.name and overrides.is_dir():
+            for path in sorted(overrides.iterdir()):
+                if path.is_file() and not (path.name == "resolv.conf" and self.request.dns):
+                    binds = [b for b in binds if b[1] != f"/etc/{path.name}"] + [(str(path), f"/etc/{path.name}")]
+        return ChildPlan(
+            parent_pid=os.getpid(),
+            netns_fd=self.netns_fd,
+            private_mounts=True,
+            hostname=self.hostname,
+            remount_sys=own_net,
+            binds=tuple((src, dst) for src, dst in binds if Path(dst).exists()),
+            credentials=self.request.credentials,
+            workdir=self.request.workdir,
+        )
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(dict(self.request.user_env))
+        env.update(dict(self.request.env))
+        return env
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -143,18 +245,78 @@ class Sandbox:
 
         self._undo.callback(guarded)
 
-    def _open_netns(self) -> Any:
-        from nsrun.net import netlink  # pyroute2 is slow to import; --net host never needs it
+    def _registry(self) -> Registry:
+        from nsrun.registry import Registry
 
-        fd, inner = netlink.open_in_new_netns()
+        return Registry(self.dirs.sandboxes)
+
+    def _register(self) -> None:
+        from nsrun.process import liveness
+        from nsrun.registry import SandboxRecord
+
+        pid = os.getpid()
+        record = SandboxRecord(
+            sandbox_id=self.sandbox_id,
+            name=self.name,
+            pid=pid,
+            start_time=liveness.start_time(pid),
+            network=self.request.network if self.request.net is NetMode.BRIDGE else self.request.net.value,
+            command=self.request.argv,
+            created=time.time(),
+            netns_name=self.request.name if self.request.name and self.request.owns_netns else None,
+        )
+        registry = self._registry()
+        registry.register(record, _record_is_stale)
+        self.record = record
+        self._step("removing the sandbox's record", registry.remove, record)
+
+    def _announce(self, child_pid: int) -> None:
+        """The command runs: record its pid (for `ls` and `exec`) and give its namespace its name."""
+        from dataclasses import replace
+
+        from nsrun.process import liveness
+
+        assert self.record is not None  # noqa: S101  # registered in setup
+        registry = self._registry()
+        addresses = (self.lease.address,) if self.lease else ()
+        self.record = replace(self.record, child_pid=child_pid, addresses=addresses)
+        registry.update(self.record)
+        if self.netns_fd is not None and self.request.owns_netns:
+            inode = os.fstat(self.netns_fd).st_ino
+            # whatever joined the namespace (`nsrun exec`, `ip netns exec`) ends with the sandbox
+            self._step("ending processes left in the sandbox", liveness.kill_netns_members, inode)
+        if self.record.netns_name:
+            registry.bind_netns(self.record, f"/proc/{os.getpid()}/fd/{self.netns_fd}")
+            self._step(f"removing /run/netns/{self.record.netns_name}", registry.unbind_netns, self.record)
+
+    def _write_etc_files(self) -> None:
+        from nsrun import etc
+
+        files = self._registry().files(self.sandbox_id)
+        files.mkdir(parents=True, exist_ok=True)
+        resolv = etc.plan_resolv(etc.read_host_resolv(), self.request.dns)
+        if resolv.warning and self.request.net is not NetMode.HOST:
+            print(f"nsrun: warning: {resolv.warning}", file=sys.stderr)
+        (files / "resolv.conf").write_text(resolv.text)
+        (files / "hosts").write_text(etc.hosts_file(self.hostname, self.lease.address if self.lease else None))
+        (files / "hostname").write_text(self.hostname + "\n")
+
+    def _join_netns(self) -> None:
+        assert self.request.join is not None  # noqa: S101  # parse() sets it with the mode
+        target = self._registry().find(self.request.join, _record_is_stale)
+        fd = _open_namespace(target, "net")
+        self.netns_fd = fd
+        self._step("closing the joined namespace", os.close, fd)
+
+    def _open_netns(self) -> Any:
+        from nsrun.net import netlink, sysctl  # pyroute2 is slow to import; --net host never needs it
+
+        fd, inner = netlink.open_in_new_netns(inside=sysctl.allow_unprivileged_ports)
         self.netns_fd = fd
         self._step("closing the sandbox namespace", os.close, fd)
         self._step("closing the sandbox netlink socket", inner.close)
         netlink.loopback_up(inner)
         return inner
-
-    def _setup_isolated(self) -> None:
-        self._open_netns()
 
     def _setup_bridged(self) -> None:
         from nsrun.ipam.allocator import allocate
@@ -167,14 +329,13 @@ class Sandbox:
         self._step("closing the host netlink socket", host.close)
         network = manager.load_network(self.dirs, host, self.request.network, check=self._check_address)
         self.network = network
-        requested = self.request.ip
         inner = self._open_netns()
         veth = host_veth_name(self.sandbox_id)
         store = LeaseStore(self.dirs.leases(network.name))
         with store.locked():
             manager.ensure_loaded(self.dirs, network)
             manager.sweep_stale_leases(host, store)
-            lease = allocate(network.name, network.pool, store, self._lease_factory(veth), requested)
+            lease = allocate(network.name, network.pool, store, self._lease_factory(veth), self.request.ip)
             self.lease = lease
             self._step(f"releasing address {lease.address}", store.release, lease)
             bridge_index, network = manager.ensure_host_side(self.dirs, host, network)
@@ -219,8 +380,73 @@ class Sandbox:
                 start_time=started,
                 veth=veth,
                 netns_inode=inode,
+                name=self.name,
                 command=self.request.argv,
                 created=time.time(),
             )
 
         return make
+
+
+def _open_namespace(record: SandboxRecord, kind: str) -> int:
+    from nsrun.errors import NsrunError
+
+    if record.child_pid is None:
+        raise NsrunError(f"entering sandbox {record.name!r}", "its command has not started yet", "retry in a moment")
+    try:
+        return os.open(f"/proc/{record.child_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise NsrunError(f"entering sandbox {record.name!r}", err.strerror or str(err), "is it still running?") from err
+
+
+def exec_in(  # one keyword per CLI option
+    name: str,
+    argv: Sequence[str],
+    *,
+    dirs: StateDirs | None = None,
+    user: str | None = None,
+    env: Sequence[str] = (),
+    workdir: str | None = None,
+) -> int:
+    """Run a command inside a running sandbox's network, mount and UTS namespaces; its status."""
+    from nsrun.process import namespaces
+    from nsrun.process.child import ChildPlan
+    from nsrun.process.supervisor import Supervisor
+    from nsrun.registry import Registry
+
+    request = SandboxRequest.parse(argv, net="host", user=user, env=env, workdir=workdir)
+    record = Registry((dirs or StateDirs()).sandboxes).find(name, _record_is_stale)
+    kinds = (("net", namespaces.CLONE_NEWNET), ("uts", namespaces.CLONE_NEWUTS), ("mnt", namespaces.CLONE_NEWNS))
+    fds: list[tuple[int, int]] = []
+    try:
+        for kind, nstype in kinds:
+            fds.append((_open_namespace(record, kind), nstype))
+        plan = ChildPlan(
+            parent_pid=os.getpid(),
+            join_fds=tuple(fds),
+            credentials=request.credentials,
+            workdir=request.workdir,
+        )
+        supervisor = Supervisor()
+        env_vars = dict(os.environ) | dict(request.user_env) | dict(request.env)
+        with supervisor.handling_signals():
+            try:
+                supervisor.spawn(request.argv, plan, env=env_vars)
+                return supervisor.wait()
+            finally:
+                supervisor.reap_leftovers()
+    finally:
+        for fd, _ in fds:
+            os.close(fd)
+
+
+def _record_is_stale(record: SandboxRecord) -> bool:
+    from nsrun.process import liveness
+
+    return not liveness.holder_alive(record.pid, record.start_time)
+
+
+def live_sandboxes(dirs: StateDirs | None = None) -> list[SandboxRecord]:
+    from nsrun.registry import Registry
+
+    return Registry((dirs or StateDirs()).sandboxes).live(_record_is_stale)

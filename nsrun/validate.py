@@ -9,18 +9,25 @@ from typing import Final
 from nsrun.errors import UsageError
 
 __all__ = [
+    "HOST_NAME_MAX",
     "IFNAMSIZ",
     "MAX_NAME_LEN",
     "parse_address",
+    "parse_dns",
+    "parse_env",
     "parse_mac",
     "parse_subnet",
+    "validate_hostname",
     "validate_ifname",
     "validate_name",
 ]
 
 IFNAMSIZ: Final = 16  # kernel limit including the trailing NUL: names have at most 15 bytes
 MAX_NAME_LEN: Final = 63
-MIN_PREFIXLEN_HOSTS: Final = 30  # a /30 still holds the gateway and one sandbox
+MIN_PREFIXLEN_HOSTS: Final = 30
+HOST_NAME_MAX: Final = 64
+_LABEL_RE: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a /30 still holds the gateway and one sandbox
 
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _MAC_RE: Final = re.compile(r"[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}")
@@ -89,3 +96,27 @@ def parse_mac(text: str) -> str:
     if int(text.replace(":", ""), 16) == 0:
         raise UsageError(f"invalid --mac {text!r}", "the all-zero address cannot be assigned")
     return text.lower()
+
+
+def validate_hostname(name: str) -> str:
+    labels = name.split(".")
+    if len(name) > HOST_NAME_MAX or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        raise UsageError(
+            f"invalid --hostname {name!r}",
+            f"use dot-separated labels of letters, digits and '-', {HOST_NAME_MAX} characters at most",
+        )
+    return name
+
+
+def parse_dns(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError as err:
+        raise UsageError(f"invalid --dns {text!r}", "not an IP address", "e.g. --dns 192.0.2.53") from err
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not _ENV_KEY_RE.fullmatch(key):
+        raise UsageError(f"invalid --env {text!r}", "expected KEY=VALUE with KEY made of letters, digits and '_'")
+    return key, value

@@ -109,7 +109,9 @@ class World:
             "addrs": self.run("ip", "-4", "-o", "addr").stdout,
             "legacy": _strip_comments(self.run("iptables-legacy-save").stdout),
             "nft": self.run("nft", "list", "ruleset").stdout,
-            "files": self.run("find", "/run/nsrun", "/var/lib/nsrun", "-not", "-name", "*.lock").stdout,
+            # files, not directories: empty state directories are scaffolding, not leftovers
+            "files": self.run("find", "/run/nsrun", "/var/lib/nsrun", "-type", "f", "-not", "-name", "*.lock").stdout,
+            "netns": self.run("ls", "/run/netns").stdout,
         }
 
     def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:

@@ -15,6 +15,8 @@ from nsrun.errors import NsrunError
 from nsrun.process import namespaces
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nsrun.net.plan import AttachPlan
 
 __all__ = [
@@ -48,10 +50,13 @@ def os_error_text(code: int) -> str:
     return os.strerror(code).lower()
 
 
-def open_in_new_netns() -> tuple[int, IPRoute]:
-    """A fresh network namespace, held by the returned fd, and a netlink handle bound inside it."""
+def open_in_new_netns(inside: Callable[[], None] | None = None) -> tuple[int, IPRoute]:
+    """A fresh network namespace, held by the returned fd, and a netlink handle bound inside it;
+    `inside` runs in the namespace too (its /proc/sys/net is the namespace's own)."""
     with namespaces.new_netns() as fd:
         inner = IPRoute()
+        if inside is not None:
+            inside()
     return fd, inner
 
 

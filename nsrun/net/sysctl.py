@@ -7,7 +7,7 @@ from typing import Final
 
 from nsrun.errors import NsrunError
 
-__all__ = ["IP_FORWARD", "ensure_ip_forward", "read_sysctl"]
+__all__ = ["IP_FORWARD", "allow_unprivileged_ports", "ensure_ip_forward", "read_sysctl"]
 
 IP_FORWARD: Final = "net/ipv4/ip_forward"
 _ROOT: Final = Path("/proc/sys")
@@ -24,3 +24,9 @@ def ensure_ip_forward() -> None:
             (_ROOT / IP_FORWARD).write_text("1\n")
     except OSError as err:
         raise NsrunError("enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root") from err
+
+
+def allow_unprivileged_ports() -> None:
+    """In a sandbox's own namespace: any user may bind any port (a server needs no root for :80).
+    Call from inside the namespace; it affects nothing outside it."""
+    (_ROOT / "net/ipv4/ip_unprivileged_port_start").write_text("0\n")

@@ -17,16 +17,27 @@ __all__ = [
     "CLONE_NEWNET",
     "CLONE_NEWNS",
     "CLONE_NEWUTS",
+    "MNT_DETACH",
+    "MS_BIND",
+    "MS_REC",
+    "MS_SLAVE",
     "PR_SET_CHILD_SUBREAPER",
     "PR_SET_PDEATHSIG",
+    "mount",
     "netns_inode",
     "new_netns",
     "prctl",
+    "sethostname",
     "setns",
+    "umount",
     "unshare",
 ]
 
 CLONE_NEWNS: Final = 0x00020000
+MS_BIND: Final = 0x1000
+MS_REC: Final = 0x4000
+MS_SLAVE: Final = 1 << 19
+MNT_DETACH: Final = 2
 CLONE_NEWUTS: Final = 0x04000000
 CLONE_NEWNET: Final = 0x40000000
 PR_SET_PDEATHSIG: Final = 1
@@ -39,6 +50,9 @@ def _libc() -> ctypes.CDLL:
     libc.unshare.argtypes = [ctypes.c_int]
     libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
     return libc
 
 
@@ -58,6 +72,22 @@ def setns(fd: int, nstype: int) -> None:
 
 def prctl(option: int, arg: int) -> None:
     _check(_libc().prctl(option, arg, 0, 0, 0), "prctl")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    def enc(value: str | None) -> bytes | None:
+        return value.encode() if value is not None else None
+
+    _check(_libc().mount(enc(source), enc(target), enc(fstype), flags, None), f"mount {target}")
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(_libc().umount2(target.encode(), flags), f"umount {target}")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc().sethostname(raw, len(raw)), "sethostname")
 
 
 def netns_inode(path: str = "/proc/thread-self/ns/net") -> int:

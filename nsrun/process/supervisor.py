@@ -9,18 +9,21 @@ namespace, veth and address alive.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import signal
 import subprocess
 from typing import TYPE_CHECKING, Final
 
-from nsrun.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_NSRUN_FAILED, CommandError, NsrunError
-from nsrun.process import namespaces
+from nsrun.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, CommandError, NsrunError
+from nsrun.process import child, namespaces
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
     from types import FrameType
+
+    from nsrun.process.child import ChildPlan
 
 __all__ = ["FORWARDED_SIGNALS", "Supervisor", "exit_status"]
 
@@ -66,24 +69,25 @@ class Supervisor:
     def spawn(
         self,
         argv: Sequence[str],
+        plan: ChildPlan,
         *,
-        netns_fd: int | None,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        parent = os.getpid()
+        plan = dataclasses.replace(plan, parent_pid=os.getpid(), reset_signals=(signal.SIGINT, *FORWARDED_SIGNALS))
+        # Popen reports any failure between fork and exec as one generic error: the child writes
+        # the real reason here first (the pipe closes on exec, so silence means it worked)
+        reason_read, reason_write = os.pipe()
 
-        def enter_sandbox() -> None:  # runs in the child between fork and exec
-            namespaces.prctl(namespaces.PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:  # nsrun died before the line above took effect
-                os._exit(EXIT_NSRUN_FAILED)
-            if netns_fd is not None:
-                namespaces.setns(netns_fd, namespaces.CLONE_NEWNET)
-            for sig in (signal.SIGINT, *FORWARDED_SIGNALS):
-                signal.signal(sig, signal.SIG_DFL)
+        def enter_sandbox() -> None:
+            try:
+                child.enter(plan)
+            except BaseException as err:
+                os.write(reason_write, str(err).encode()[:512])
+                raise
 
         try:
             # restore_signals resets SIGPIPE and SIGXFSZ, which Python ignores and exec would keep ignored
-            child = subprocess.Popen(argv, preexec_fn=enter_sandbox, env=env, restore_signals=True)  # noqa: PLW1509
+            process = subprocess.Popen(argv, preexec_fn=enter_sandbox, env=env, restore_signals=True)  # noqa: PLW1509
         except FileNotFoundError as err:
             raise CommandError(
                 f"running {argv[0]!r}", "command not found", "check its name and PATH", exit_code=EXIT_NOT_FOUND
@@ -99,12 +103,25 @@ class Supervisor:
                 ) from err
             raise NsrunError(f"running {argv[0]!r}", err.strerror or str(err)) from err
         except subprocess.SubprocessError as err:
-            raise NsrunError(f"entering the sandbox for {argv[0]!r}", str(err)) from err
-        self._child = child
+            os.close(reason_write)
+            reason_write = -1
+            with os.fdopen(reason_read, "rb") as reader:
+                reason_read = -1
+                why = reader.read().decode() or str(err)
+            raise NsrunError(f"preparing the sandbox for {argv[0]!r}", why) from err
+        finally:
+            for fd in (reason_read, reason_write):
+                if fd >= 0:
+                    os.close(fd)
+        self._child = process
         for signum in self._pending:
             self._forward(signum, None)
         self._pending.clear()
-        return child
+        return process
+
+    @property
+    def child_pid(self) -> int | None:
+        return self._child.pid if self._child else None
 
     def wait(self) -> int:
         if self._child is None:

@@ -55,7 +55,8 @@ def test_launcher_group_routes_command_words(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(cli, "_run", lambda request: seen.append(request) or 0)
     for argv, expected in [
         (["--net", "none", "--", "network", "ls"], ("network", "ls")),  # after --: a command named network
-        (["ls", "-l", "--net", "x"], ("ls", "-l", "--net", "x")),  # a first word that is no subcommand
+        (["cat", "-n", "--net", "x"], ("cat", "-n", "--net", "x")),  # a first word that is no subcommand
+        (["--", "ls", "-l"], ("ls", "-l")),  # after --, even a subcommand's name is the command
         (["--", "--help"], ("--help",)),
     ]:
         with pytest.raises(SystemExit) as info:
