@@ -200,19 +200,30 @@ def network_create(
         str | None,
         typer.Option("--bridge", metavar="IFNAME", help="Bridge name, at most 15 bytes; nsbr-NAME by default."),
     ] = None,
+    mtu: Annotated[
+        int | None,
+        typer.Option("--mtu", metavar="BYTES", help="MTU of the sandboxes' links; by default the host's uplink's."),
+    ] = None,
+    internal: Annotated[
+        bool, typer.Option("--internal", help="No route out and no NAT: sandboxes reach each other and the host only.")
+    ] = False,
 ) -> None:
     """Create a network: a bridge holding the gateway address, an address pool, NAT rules."""
     from nsrun.networks import manager
+    from nsrun.networks.spec import NetworkRequest
     from nsrun.paths import StateDirs
-    from nsrun.validate import parse_address, parse_subnet, validate_ifname, validate_name
+    from nsrun.validate import parse_address, parse_subnet, validate_ifname, validate_mtu, validate_name
 
     validate_name(name)
     parsed_subnet = parse_subnet(subnet) if subnet is not None else None
     parsed_gateway = parse_address(gateway, option="--gateway") if gateway is not None else None
     if bridge is not None:
         validate_ifname(bridge)
+    if mtu is not None:
+        validate_mtu(mtu)
     with _closing(_host()) as ipr:
-        spec = manager.create_network(StateDirs(), ipr, name, parsed_subnet, gateway=parsed_gateway, bridge=bridge)
+        request = NetworkRequest(name, parsed_subnet, parsed_gateway, bridge, mtu, internal)
+        spec = manager.create_network(StateDirs(), ipr, request)
     typer.echo(f"{spec.name} {spec.subnet} gateway {spec.gateway} bridge {spec.bridge}")
 
 
@@ -224,11 +235,15 @@ def network_ls() -> None:
     from nsrun.paths import StateDirs
 
     dirs = StateDirs()
-    rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "FIREWALL", "SANDBOXES")]
+    rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "FIREWALL", "MTU", "INTERNAL", "SANDBOXES")]
     with _closing(_host()) as ipr:
         for spec in NetworkStore(dirs.networks).all():
             users = len(manager.live_leases(dirs, ipr, spec.name))
-            rows.append((spec.name, str(spec.subnet), str(spec.gateway), spec.bridge, spec.firewall, str(users)))
+            mtu = str(spec.mtu or "uplink")
+            internal = "yes" if spec.internal else "no"
+            rows.append(
+                (spec.name, str(spec.subnet), str(spec.gateway), spec.bridge, spec.firewall, mtu, internal, str(users))
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

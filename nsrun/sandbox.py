@@ -347,6 +347,8 @@ class Sandbox:
             subnet=network.subnet,
             gateway=network.gateway,
             mac=self.request.mac,
+            mtu=network.mtu or netlink.default_route_mtu(host),
+            default_route=not network.internal,
         )
         assert self.netns_fd is not None  # noqa: S101  # set by _open_netns
         netlink.create_veth(host, plan, self.netns_fd)

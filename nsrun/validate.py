@@ -19,6 +19,7 @@ __all__ = [
     "parse_subnet",
     "validate_hostname",
     "validate_ifname",
+    "validate_mtu",
     "validate_name",
 ]
 
@@ -26,6 +27,8 @@ IFNAMSIZ: Final = 16  # kernel limit including the trailing NUL: names have at m
 MAX_NAME_LEN: Final = 63
 MIN_PREFIXLEN_HOSTS: Final = 30
 HOST_NAME_MAX: Final = 64
+MIN_MTU: Final = 68  # the IPv4 minimum (RFC 791)
+MAX_MTU: Final = 65535
 _LABEL_RE: Final = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ENV_KEY_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # a /30 still holds the gateway and one sandbox
 
@@ -120,3 +123,9 @@ def parse_env(text: str) -> tuple[str, str]:
     if not sep or not _ENV_KEY_RE.fullmatch(key):
         raise UsageError(f"invalid --env {text!r}", "expected KEY=VALUE with KEY made of letters, digits and '_'")
     return key, value
+
+
+def validate_mtu(mtu: int) -> int:
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise UsageError(f"invalid --mtu {mtu}", f"it must be between {MIN_MTU} and {MAX_MTU}")
+    return mtu

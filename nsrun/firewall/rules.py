@@ -76,7 +76,8 @@ def comment_for(network: str) -> str:
     return COMMENT_PREFIX + network
 
 
-def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network) -> NetworkRules:
+def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network, *, internal: bool = False) -> NetworkRules:
+    """`internal`: sandboxes reach each other and the host, nothing beyond it, and nothing is NATed."""
     tag = comment_for(network)
     fwd, accept, drop = Hook.FORWARD, Verdict.ACCEPT, Verdict.DROP
     inbound = (
@@ -93,6 +94,9 @@ def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network) -> N
         Rule(fwd, drop, tag, in_iface=bridge, ctstates=("INVALID",)),
         Rule(fwd, accept, tag, in_iface=bridge),
     )
+    if internal:
+        leaving = Rule(fwd, drop, tag, in_iface=bridge, out_iface=bridge, out_iface_negated=True)
+        return NetworkRules(network, bridge, subnet, inbound, (leaving, *outbound), (), ())
     nat = (
         Rule(
             Hook.POSTROUTING,

@@ -26,6 +26,7 @@ __all__ = [
     "bridge_exists",
     "configure_sandbox",
     "create_veth",
+    "default_route_mtu",
     "delete_link",
     "ensure_bridge",
     "host_routes",
@@ -115,10 +116,13 @@ def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int) -> None:
     """The veth pair, its peer created directly inside the sandbox namespace: when that namespace
     dies the kernel destroys the pair, whatever happened to nsrun."""
     peer: dict[str, Any] = {"ifname": plan.sandbox_ifname, "net_ns_fd": netns_fd}
+    host_end: dict[str, Any] = {}
     if plan.mac:
         peer["address"] = plan.mac
+    if plan.mtu:
+        peer["mtu"] = host_end["mtu"] = plan.mtu
     try:
-        ipr.link("add", ifname=plan.host_veth, kind="veth", peer=peer)
+        ipr.link("add", ifname=plan.host_veth, kind="veth", peer=peer, **host_end)
     except NetlinkError as err:
         raise _fail(f"creating veth {plan.host_veth!r}", err) from err
 
@@ -144,7 +148,8 @@ def configure_sandbox(inner: IPRoute, plan: AttachPlan) -> None:
         index = inner.link("get", ifname=plan.sandbox_ifname)[0]["index"]
         inner.addr("add", index=index, address=str(plan.address), prefixlen=plan.subnet.prefixlen)
         inner.link("set", index=index, state="up")
-        inner.route("add", dst="default", gateway=str(plan.gateway))
+        if plan.default_route:
+            inner.route("add", dst="default", gateway=str(plan.gateway))
     except NetlinkError as err:
         raise _fail(action, err) from err
 
@@ -156,6 +161,21 @@ def delete_link(ipr: IPRoute, name: str) -> None:
     except NetlinkError as err:
         if err.code != errno.ENODEV:
             raise _fail(f"deleting interface {name!r}", err) from err
+
+
+def default_route_mtu(ipr: IPRoute) -> int | None:
+    """MTU of the interface the host's preferred IPv4 default route leaves by, if there is one."""
+    defaults = [
+        r for r in ipr.route("dump", family=socket.AF_INET) if r.get("table") == _MAIN_TABLE and r["dst_len"] == 0
+    ]
+    if not defaults:
+        return None
+    best = min(defaults, key=lambda r: r.get("priority") or 0)
+    try:
+        mtu: int = ipr.link("get", index=best.get("oif"))[0].get("mtu")
+    except NetlinkError:
+        return None
+    return mtu
 
 
 @dataclass(frozen=True)

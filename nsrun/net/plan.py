@@ -46,3 +46,5 @@ class AttachPlan:
     gateway: ipaddress.IPv4Address
     mac: str | None = None
     sandbox_ifname: str = SANDBOX_IFNAME
+    mtu: int | None = None
+    default_route: bool = True  # False on internal networks: nothing beyond the host

@@ -13,7 +13,14 @@ from nsrun.firewall.select import requested_backend, resolve_auto
 from nsrun.ipam.allocator import reclaim_stale
 from nsrun.ipam.leases import LeaseStore
 from nsrun.net import netlink, sysctl
-from nsrun.networks.spec import DEFAULT_NETWORK, NetworkSpec, auto_subnet_candidates, first_overlap, make_spec
+from nsrun.networks.spec import (
+    DEFAULT_NETWORK,
+    NetworkRequest,
+    NetworkSpec,
+    auto_subnet_candidates,
+    first_overlap,
+    make_spec,
+)
 from nsrun.networks.store import NetworkStore
 from nsrun.paths import flocked
 from nsrun.process import liveness
@@ -53,16 +60,13 @@ def _taken_subnets(
 def create_network(
     dirs: StateDirs,
     ipr: IPRoute,
-    name: str,
-    subnet: ipaddress.IPv4Network | None,
-    *,
-    gateway: ipaddress.IPv4Address | None = None,
-    bridge: str | None = None,
+    request: NetworkRequest,
     check: Callable[[NetworkSpec], None] | None = None,
 ) -> NetworkSpec:
     """Validate against every network and host route (and `check`), record the definition, set up
     its bridge and rules; on any failure nothing of it stays."""
     store = NetworkStore(dirs.networks)
+    name, subnet = request.name, request.subnet
     with flocked(dirs.lock):
         if store.get(name) is not None:
             raise ConflictError(f"creating network {name!r}", "a network of that name exists", "choose another name")
@@ -71,7 +75,16 @@ def create_network(
             subnet = next((c for c in auto_subnet_candidates() if first_overlap(c, taken) is None), None)
             if subnet is None:
                 raise NsrunError(f"creating network {name!r}", "no free private /24 left", "give one with --subnet")
-        spec = make_spec(name, subnet, gateway=gateway, bridge=bridge, firewall=_wanted_backend(None))
+        firewall_backend = _wanted_backend(None)
+        spec = make_spec(
+            name,
+            subnet,
+            gateway=request.gateway,
+            bridge=request.bridge,
+            firewall=firewall_backend,
+            mtu=request.mtu,
+            internal=request.internal,
+        )
         clash = first_overlap(spec.subnet, taken)
         if clash:
             raise ConflictError(
@@ -114,7 +127,7 @@ def load_network(
             f"network {name!r}", "no such network", f"create it with `nsrun network create {name} --subnet CIDR`"
         )
     with contextlib.suppress(ConflictError):  # a concurrent first launch created it first
-        return create_network(dirs, ipr, DEFAULT_NETWORK, None, check=check)
+        return create_network(dirs, ipr, NetworkRequest(DEFAULT_NETWORK), check=check)
     spec = store.get(name)
     if spec is None:
         raise NsrunError(f"network {name!r}", "it vanished while being created", "retry")
@@ -143,7 +156,8 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
     backend installed is moved to the wanted one, so its record always names where its rules are.
     Returns the bridge's index and the (possibly updated) network."""
     index = netlink.ensure_bridge(ipr, spec.bridge, spec.gateway, spec.subnet)
-    sysctl.ensure_ip_forward()
+    if not spec.internal:
+        sysctl.ensure_ip_forward()
     wanted = _wanted_backend(spec.firewall)
     if wanted != spec.firewall:
         firewall.teardown_network_firewall(spec.firewall, spec.rules)

@@ -11,12 +11,12 @@ from nsrun.errors import UsageError
 from nsrun.firewall.rules import NetworkRules, network_rules
 from nsrun.ipam.pool import AddressPool
 from nsrun.net.plan import bridge_name_for
-from nsrun.validate import validate_ifname, validate_name
+from nsrun.validate import validate_ifname, validate_mtu, validate_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-__all__ = ["DEFAULT_NETWORK", "NetworkSpec", "auto_subnet_candidates", "first_overlap", "make_spec"]
+__all__ = ["DEFAULT_NETWORK", "NetworkRequest", "NetworkSpec", "auto_subnet_candidates", "first_overlap", "make_spec"]
 
 DEFAULT_NETWORK: Final = "nsrun"
 AUTO_PREFIXLEN: Final = 24
@@ -26,12 +26,26 @@ _AUTO_RANGES: Final = ("10.200.0.0/16", "10.201.0.0/16", "172.30.0.0/16", "192.1
 
 
 @dataclass(frozen=True)
+class NetworkRequest:
+    """What `nsrun network create` was asked for; unset fields get derived defaults."""
+
+    name: str
+    subnet: ipaddress.IPv4Network | None = None
+    gateway: ipaddress.IPv4Address | None = None
+    bridge: str | None = None
+    mtu: int | None = None
+    internal: bool = False
+
+
+@dataclass(frozen=True)
 class NetworkSpec:
     name: str
     subnet: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address
     bridge: str
     firewall: str
+    mtu: int | None = None  # None: the MTU of the host's default-route interface, read at each launch
+    internal: bool = False  # no route out, no NAT
 
     @property
     def pool(self) -> AddressPool:
@@ -39,7 +53,7 @@ class NetworkSpec:
 
     @property
     def rules(self) -> NetworkRules:
-        return network_rules(self.name, self.bridge, self.subnet)
+        return network_rules(self.name, self.bridge, self.subnet, internal=self.internal)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +62,8 @@ class NetworkSpec:
             "gateway": str(self.gateway),
             "bridge": self.bridge,
             "firewall": self.firewall,
+            "mtu": self.mtu,
+            "internal": self.internal,
         }
 
     def to_json(self) -> str:
@@ -62,6 +78,8 @@ class NetworkSpec:
             gateway=ipaddress.IPv4Address(data["gateway"]),
             bridge=data["bridge"],
             firewall=data["firewall"],
+            mtu=data.get("mtu"),
+            internal=bool(data.get("internal", False)),
         )
 
 
@@ -72,6 +90,8 @@ def make_spec(
     firewall: str,
     gateway: ipaddress.IPv4Address | None = None,
     bridge: str | None = None,
+    mtu: int | None = None,
+    internal: bool = False,
 ) -> NetworkSpec:
     validate_name(name)
     if gateway is None:
@@ -80,7 +100,10 @@ def make_spec(
         raise UsageError(
             f"invalid --gateway {gateway}", f"it is not a host address of {subnet}", "pick an address inside the subnet"
         )
-    return NetworkSpec(name, subnet, gateway, validate_ifname(bridge or bridge_name_for(name)), firewall)
+    if mtu is not None:
+        validate_mtu(mtu)
+    bridge_name = validate_ifname(bridge or bridge_name_for(name))
+    return NetworkSpec(name, subnet, gateway, bridge_name, firewall, mtu, internal)
 
 
 def auto_subnet_candidates() -> Iterator[ipaddress.IPv4Network]:
