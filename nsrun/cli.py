@@ -118,6 +118,15 @@ def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
     workdir: Annotated[
         str | None, typer.Option("--workdir", "-w", metavar="DIR", help="Working directory of the command.")
     ] = None,
+    publish: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publish",
+            "-p",
+            metavar="[IP:]HPORT:PORT[/tcp|udp]",
+            help="Publish the sandbox's PORT on the host's HPORT (all addresses, or IP); repeatable.",
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks with errors.")] = False,
 ) -> None:
     """Run CMD in its own network namespace, on a host bridge, with an address from the network's
@@ -155,6 +164,7 @@ def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
         user=user,
         env=env or (),
         workdir=workdir,
+        publish=publish or (),
     )
     raise typer.Exit(_run(request))
 
@@ -286,6 +296,7 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
     import time
 
     from nsrun.sandbox import live_sandboxes
+    from nsrun.validate import parse_publish
 
     records = live_sandboxes()
     if as_json:
@@ -299,7 +310,8 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
         command = " ".join(r.command)
         command = command if len(command) <= 40 else command[:37] + "..."  # noqa: PLR2004
         pid = str(r.child_pid or r.pid)
-        rows.append((r.name, pid, r.network, ",".join(r.addresses) or "-", ",".join(r.ports) or "-", command, age))
+        ports = ",".join(str(parse_publish(spec)) for spec in r.ports) or "-"
+        rows.append((r.name, pid, r.network, ",".join(r.addresses) or "-", ports, command, age))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

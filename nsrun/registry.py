@@ -51,19 +51,34 @@ class SandboxRecord:
 
 
 class Registry:
-    def __init__(self, directory: Path, netns_dir: Path = NETNS_DIR) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        netns_dir: Path = NETNS_DIR,
+        on_stale: Callable[[SandboxRecord], None] | None = None,
+    ) -> None:
+        """`on_stale` undoes what a dead sandbox left beyond its record (its port rules)."""
         self.directory = directory
         self.netns_dir = netns_dir
+        self.on_stale = on_stale
         self._lock = directory.with_name(directory.name + ".lock")
 
     def files(self, sandbox_id: str) -> Path:
         """A private directory for the sandbox's generated files."""
         return self.directory / sandbox_id
 
-    def register(self, record: SandboxRecord, is_stale: Callable[[SandboxRecord], bool]) -> None:
-        """Add the record; its name must be free among live sandboxes and under /run/netns."""
+    def register(
+        self,
+        record: SandboxRecord,
+        is_stale: Callable[[SandboxRecord], bool],
+        check: Callable[[list[SandboxRecord]], None] | None = None,
+    ) -> None:
+        """Add the record; its name must be free among live sandboxes and under /run/netns, and
+        `check` (given the live records, under the same lock) must not raise."""
         with flocked(self._lock):
             live = self._sweep(is_stale)
+            if check is not None:
+                check(live)
             holder = next((r for r in live if record.name in (r.name, r.sandbox_id)), None)
             if holder is not None:
                 raise ConflictError(
@@ -134,6 +149,8 @@ class Registry:
             except (OSError, ValueError, TypeError):
                 continue
             if is_stale(record):
+                if self.on_stale is not None:
+                    self.on_stale(record)
                 self.unbind_netns(record)
                 self.remove(record)
             else:

@@ -24,13 +24,22 @@ from typing import TYPE_CHECKING, Any, Self
 
 from nsrun.errors import TeardownError, UsageError
 from nsrun.paths import StateDirs
-from nsrun.validate import parse_address, parse_dns, parse_env, parse_mac, validate_hostname, validate_name
+from nsrun.validate import (
+    parse_address,
+    parse_dns,
+    parse_env,
+    parse_mac,
+    parse_publish,
+    validate_hostname,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     import ipaddress
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
+    from nsrun.firewall.rules import PortMapping
     from nsrun.ipam.leases import Lease
     from nsrun.networks.spec import NetworkSpec
     from nsrun.process.child import ChildPlan, Credentials
@@ -67,6 +76,7 @@ class SandboxRequest:
     env: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None
     join: str | None = None  # with --net sandbox:NAME
+    publish: tuple[PortMapping, ...] = ()
 
     @property
     def owns_netns(self) -> bool:
@@ -87,6 +97,7 @@ class SandboxRequest:
         user: str | None = None,
         env: Sequence[str] = (),
         workdir: str | None = None,
+        publish: Sequence[str] = (),
     ) -> SandboxRequest:
         """Check every option before anything is touched; raises UsageError."""
         if not argv:
@@ -117,6 +128,12 @@ class SandboxRequest:
             user_env = (("HOME", home), ("USER", login), ("LOGNAME", login))
         if workdir is not None and not os.path.isdir(workdir):
             raise UsageError(f"invalid --workdir {workdir!r}", "no such directory")
+        mappings = tuple(parse_publish(item) for item in publish)
+        if mappings and mode is not NetMode.BRIDGE:
+            raise UsageError(f"-p with --net {net}", "published ports need a bridge", "use --net bridge")
+        for index, mapping in enumerate(mappings):
+            if any(mapping.collides(other) for other in mappings[:index]):
+                raise UsageError(f"invalid -p {mapping.spec()}", "the host port is given twice")
         return cls(
             argv=tuple(argv),
             net=mode,
@@ -131,6 +148,7 @@ class SandboxRequest:
             env=tuple(parse_env(item) for item in env),
             workdir=os.path.abspath(workdir) if workdir else None,
             join=join,
+            publish=mappings,
         )
 
 
@@ -246,9 +264,7 @@ class Sandbox:
         self._undo.callback(guarded)
 
     def _registry(self) -> Registry:
-        from nsrun.registry import Registry
-
-        return Registry(self.dirs.sandboxes)
+        return _registry(self.dirs)
 
     def _register(self) -> None:
         from nsrun.process import liveness
@@ -264,11 +280,30 @@ class Sandbox:
             command=self.request.argv,
             created=time.time(),
             netns_name=self.request.name if self.request.name and self.request.owns_netns else None,
+            ports=tuple(mapping.spec() for mapping in self.request.publish),
         )
         registry = self._registry()
-        registry.register(record, _record_is_stale)
+        registry.register(record, _record_is_stale, check=self._reserve_ports)
         self.record = record
         self._step("removing the sandbox's record", registry.remove, record)
+
+    def _reserve_ports(self, live: list[SandboxRecord]) -> None:
+        """Under the registry's lock: no live sandbox publishes these host ports, and no host
+        process holds them; each is then held by a bound socket until teardown."""
+        from nsrun.errors import ConflictError
+        from nsrun.net.hostports import reserve_host_port
+
+        for mapping in self.request.publish:
+            for record in live:
+                if any(mapping.collides(parse_publish(spec)) for spec in record.ports):
+                    raise ConflictError(
+                        f"publishing host port {mapping.host_port}/{mapping.proto}",
+                        f"sandbox {record.name!r} (pid {record.child_pid or record.pid}) publishes it",
+                        "choose another host port, or end that sandbox",
+                    )
+        for mapping in self.request.publish:
+            sock = reserve_host_port(mapping)
+            self._step(f"releasing host port {mapping.host_port}/{mapping.proto}", sock.close)
 
     def _announce(self, child_pid: int) -> None:
         """The command runs: record its pid (for `ls` and `exec`) and give its namespace its name."""
@@ -355,8 +390,25 @@ class Sandbox:
         self._step(f"deleting veth {veth}", netlink.delete_link, host, veth)
         netlink.attach_veth(host, plan, bridge_index)
         netlink.configure_sandbox(inner, plan)
+        if self.request.publish:
+            self._publish(network, plan.address)
+
+    def _publish(self, network: NetworkSpec, address: ipaddress.IPv4Address) -> None:
+        from nsrun.firewall import host as firewall
+        from nsrun.firewall.rules import PortRules
+        from nsrun.net import netlink
+
+        firewall.publish_ports(network.firewall, PortRules(self.sandbox_id, address, self.request.publish))
+        self._step("removing published ports", firewall.unpublish_ports, self.sandbox_id)
+        for mapping in self.request.publish:
+            if mapping.proto == "udp":
+                netlink.flush_udp_conntrack(mapping.host_port)
 
     def _check_address(self, network: NetworkSpec) -> None:
+        if self.request.publish and network.internal:
+            raise UsageError(
+                f"-p on network {network.name!r}", "it is internal: nothing outside may reach it", "use another network"
+            )
         requested = self.request.ip
         if requested is not None and not network.pool.is_assignable(requested):
             raise UsageError(
@@ -414,10 +466,9 @@ def exec_in(  # one keyword per CLI option
     from nsrun.process import namespaces
     from nsrun.process.child import ChildPlan
     from nsrun.process.supervisor import Supervisor
-    from nsrun.registry import Registry
 
     request = SandboxRequest.parse(argv, net="host", user=user, env=env, workdir=workdir)
-    record = Registry((dirs or StateDirs()).sandboxes).find(name, _record_is_stale)
+    record = _registry(dirs or StateDirs()).find(name, _record_is_stale)
     kinds = (("net", namespaces.CLONE_NEWNET), ("uts", namespaces.CLONE_NEWUTS), ("mnt", namespaces.CLONE_NEWNS))
     fds: list[tuple[int, int]] = []
     try:
@@ -442,6 +493,20 @@ def exec_in(  # one keyword per CLI option
             os.close(fd)
 
 
+def _registry(dirs: StateDirs) -> Registry:
+    from nsrun.registry import Registry
+
+    return Registry(dirs.sandboxes, on_stale=_reclaim_record)
+
+
+def _reclaim_record(record: SandboxRecord) -> None:
+    """A sandbox whose nsrun died: its port rules go before a new sandbox could collide with them."""
+    if record.ports:
+        from nsrun.firewall import host as firewall
+
+        firewall.unpublish_ports(record.sandbox_id)
+
+
 def _record_is_stale(record: SandboxRecord) -> bool:
     from nsrun.process import liveness
 
@@ -449,6 +514,5 @@ def _record_is_stale(record: SandboxRecord) -> bool:
 
 
 def live_sandboxes(dirs: StateDirs | None = None) -> list[SandboxRecord]:
-    from nsrun.registry import Registry
 
-    return Registry((dirs or StateDirs()).sandboxes).live(_record_is_stale)
+    return _registry(dirs or StateDirs()).live(_record_is_stale)

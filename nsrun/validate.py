@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from nsrun.errors import UsageError
+
+if TYPE_CHECKING:
+    from nsrun.firewall.rules import PortMapping
 
 __all__ = [
     "HOST_NAME_MAX",
@@ -16,6 +19,7 @@ __all__ = [
     "parse_dns",
     "parse_env",
     "parse_mac",
+    "parse_publish",
     "parse_subnet",
     "validate_hostname",
     "validate_ifname",
@@ -129,3 +133,24 @@ def validate_mtu(mtu: int) -> int:
     if not MIN_MTU <= mtu <= MAX_MTU:
         raise UsageError(f"invalid --mtu {mtu}", f"it must be between {MIN_MTU} and {MAX_MTU}")
     return mtu
+
+
+_PUBLISH_RE: Final = re.compile(r"(?:(?P<ip>[0-9.]+):)?(?P<host>\d{1,5}):(?P<port>\d{1,5})(?:/(?P<proto>tcp|udp))?")
+MAX_PORT: Final = 65535
+
+
+def parse_publish(text: str) -> PortMapping:
+    from nsrun.firewall.rules import PortMapping  # pure data
+
+    match = _PUBLISH_RE.fullmatch(text)
+    if not match:
+        raise UsageError(f"invalid -p {text!r}", "expected [HOST_IP:]HOST_PORT:PORT[/tcp|/udp]", "e.g. -p 8081:9000")
+    host_port, port = int(match["host"]), int(match["port"])
+    if not (0 < host_port <= MAX_PORT and 0 < port <= MAX_PORT):
+        raise UsageError(f"invalid -p {text!r}", f"ports must be between 1 and {MAX_PORT}")
+    host_ip = parse_address(match["ip"], option="-p host address") if match["ip"] else None
+    if host_ip is not None and (host_ip.is_multicast or host_ip.is_unspecified):
+        host_ip = None if host_ip.is_unspecified else host_ip
+        if host_ip is not None:
+            raise UsageError(f"invalid -p {text!r}", "the host address is a multicast address")
+    return PortMapping(host_port, port, match["proto"] or "tcp", host_ip)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, Protocol
 
-from nsrun.errors import UsageError
+from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
-    from nsrun.firewall.rules import ForeignChain, NetworkRules
+    from nsrun.firewall.rules import ForeignChain, NetworkRules, PortRules
 
 __all__ = ["BACKENDS", "FirewallBackend", "ForwardCoexistence", "open_backend"]
 
@@ -26,6 +26,14 @@ class FirewallBackend(Protocol):
         ...
 
     def network_present(self, rules: NetworkRules) -> bool: ...
+
+    def add_ports(self, ports: PortRules) -> None:
+        """DNAT the sandbox's published ports to it."""
+        ...
+
+    def remove_ports(self, sandbox_id: str) -> None:
+        """Remove the sandbox's port rules; none left counts as removed."""
+        ...
 
 
 class ForwardCoexistence(Protocol):
@@ -60,6 +68,12 @@ class NoFirewall:
 
     def network_present(self, rules: NetworkRules) -> bool:  # noqa: ARG002
         return True
+
+    def add_ports(self, ports: PortRules) -> None:  # noqa: ARG002
+        raise NsrunError("publishing ports", "NSRUN_FIREWALL=none: nsrun adds no rules", "use another firewall backend")
+
+    def remove_ports(self, sandbox_id: str) -> None:
+        pass
 
 
 def open_backend(name: str) -> FirewallBackend:

@@ -11,9 +11,15 @@ from nsrun.firewall.base import open_backend
 
 if TYPE_CHECKING:
     from nsrun.firewall.base import ForwardCoexistence
-    from nsrun.firewall.rules import ForeignChain, NetworkRules
+    from nsrun.firewall.rules import ForeignChain, NetworkRules, PortRules
 
-__all__ = ["coexistence_status", "ensure_network_firewall", "teardown_network_firewall"]
+__all__ = [
+    "coexistence_status",
+    "ensure_network_firewall",
+    "publish_ports",
+    "teardown_network_firewall",
+    "unpublish_ports",
+]
 
 
 def _worlds(backend: str) -> list[ForwardCoexistence]:
@@ -61,3 +67,21 @@ def coexistence_status(backend: str, rules: NetworkRules) -> list[tuple[ForeignC
     return [
         (chain, world.accepts_in_place(rules, chain)) for world in _worlds(backend) for chain in world.foreign_drops()
     ]
+
+
+def publish_ports(backend: str, ports: PortRules) -> None:
+    open_backend(backend).add_ports(ports)
+
+
+def unpublish_ports(sandbox_id: str) -> None:
+    """Remove a sandbox's port rules wherever they are: a stale sandbox's backend is not recorded."""
+    with contextlib.suppress(NsrunError):
+        from nsrun.firewall.nftables import NftablesBackend
+
+        NftablesBackend().remove_ports(sandbox_id)
+    from nsrun.firewall.iptables import legacy_table_in_use
+
+    if legacy_table_in_use("nat"):
+        from nsrun.firewall.iptables import IptablesBackend
+
+        IptablesBackend().remove_ports(sandbox_id)

@@ -18,30 +18,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.rules import COMMENT_PREFIX, DOCKER_USER, ForeignChain, Hook, accept_target
+from nsrun.firewall.rules import COMMENT_PREFIX, DOCKER_USER, SANDBOX_COMMENT_PREFIX, ForeignChain, Hook, accept_target
 from nsrun.firewall.xtables_lock import xtables_lock
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from types import ModuleType
 
-    from nsrun.firewall.rules import NetworkRules, Rule
+    from nsrun.firewall.rules import NetworkRules, PortRules, Rule
 
-__all__ = ["FORWARD_CHAIN", "POSTROUTING_CHAIN", "IptablesBackend", "legacy_filter_in_use"]
+__all__ = ["FORWARD_CHAIN", "POSTROUTING_CHAIN", "IptablesBackend", "legacy_filter_in_use", "legacy_table_in_use"]
 
 FORWARD_CHAIN: Final = "NSRUN-FORWARD"
 POSTROUTING_CHAIN: Final = "NSRUN-POSTROUTING"
+GUARD_CHAIN: Final = "NSRUN-PREROUTING"  # raw table
+PORTS_CHAIN: Final = "NSRUN-PORTS"  # nat table, entered from PREROUTING and OUTPUT for local destinations
+PORTS_COMMENT: Final = "nsrun:ports"
 JUMP_COMMENT: Final = "nsrun"
 _FILTER: Final = "filter"
 _NAT: Final = "nat"
+_RAW: Final = "raw"
+
+
+def legacy_table_in_use(table: str) -> bool:
+    """Whether this namespace has that legacy table; asking iptc would create it."""
+    try:
+        return table in Path("/proc/net/ip_tables_names").read_text().split()
+    except OSError:
+        return False
 
 
 def legacy_filter_in_use() -> bool:
-    """Whether this namespace has a legacy filter table; asking iptc would create one."""
-    try:
-        return "filter" in Path("/proc/net/ip_tables_names").read_text().split()
-    except OSError:
-        return False
+    return legacy_table_in_use(_FILTER)
 
 
 def _xtables_libdir() -> str | None:
@@ -101,19 +109,66 @@ class IptablesBackend:
     def ensure_network(self, rules: NetworkRules) -> bool:
         with self._errors(f"installing iptables rules of network {rules.network!r}"), xtables_lock():
             changed = self._ensure(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules, (rules.inbound, rules.outbound))
-            return self._ensure(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules, ((), rules.nat)) or changed
+            changed = self._ensure(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules, ((), rules.nat)) or changed
+            return self._ensure(_RAW, Hook.PREROUTING, GUARD_CHAIN, rules, ((), rules.guard)) or changed
 
     def teardown_network(self, rules: NetworkRules) -> None:
         with self._errors(f"removing iptables rules of network {rules.network!r}"), xtables_lock():
             self._teardown(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules)
             self._teardown(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules)
+            self._teardown(_RAW, Hook.PREROUTING, GUARD_CHAIN, rules)
 
     def network_present(self, rules: NetworkRules) -> bool:
         with self._errors(f"reading iptables rules of network {rules.network!r}"):
-            filter_table, nat_table = self._table(_FILTER), self._table(_NAT)
-            return self._in_place(
-                filter_table, Hook.FORWARD, FORWARD_CHAIN, rules.inbound + rules.outbound, rules
-            ) and self._in_place(nat_table, Hook.POSTROUTING, POSTROUTING_CHAIN, rules.nat, rules)
+            filter_table, nat_table, raw_table = self._table(_FILTER), self._table(_NAT), self._table(_RAW)
+            return (
+                self._in_place(filter_table, Hook.FORWARD, FORWARD_CHAIN, rules.inbound + rules.outbound, rules)
+                and self._in_place(nat_table, Hook.POSTROUTING, POSTROUTING_CHAIN, rules.nat, rules)
+                and self._in_place(raw_table, Hook.PREROUTING, GUARD_CHAIN, rules.guard, rules)
+            )
+
+    # -- one sandbox's published ports ---------------------------------------------------------
+
+    def add_ports(self, ports: PortRules) -> None:
+        with self._errors("publishing ports"), xtables_lock():
+            table = self._table(_NAT)
+            if not table.is_chain(PORTS_CHAIN):
+                table.create_chain(PORTS_CHAIN)
+            for hook in ("PREROUTING", "OUTPUT"):
+                if not self._has_jump(table, hook, PORTS_CHAIN):
+                    jump = self._iptc.Rule()
+                    jump.create_match("addrtype").dst_type = "LOCAL"
+                    jump.create_match("comment").comment = PORTS_COMMENT
+                    jump.target = self._iptc.Target(jump, PORTS_CHAIN)
+                    self._iptc.Chain(table, hook).insert_rule(jump, 0)
+            chain = self._iptc.Chain(table, PORTS_CHAIN)
+            for mapping in ports.mappings:
+                rule = self._iptc.Rule()
+                rule.protocol = mapping.proto
+                if mapping.host_ip is not None:
+                    rule.dst = str(mapping.host_ip)
+                rule.create_match(mapping.proto).dport = str(mapping.host_port)
+                rule.create_match("comment").comment = ports.comment
+                rule.target = self._iptc.Target(rule, "DNAT")
+                rule.target.to_destination = f"{ports.address}:{mapping.port}"
+                chain.append_rule(rule)
+            self._commit(table)
+
+    def remove_ports(self, sandbox_id: str) -> None:
+        with self._errors("removing published ports"), xtables_lock():
+            table = self._table(_NAT)
+            if not table.is_chain(PORTS_CHAIN):
+                return
+            chain = self._iptc.Chain(table, PORTS_CHAIN)
+            for rule in self._ours(chain, SANDBOX_COMMENT_PREFIX + sandbox_id):
+                chain.delete_rule(rule)
+            if len(chain.rules) == 0:
+                for hook in ("PREROUTING", "OUTPUT"):
+                    builtin = self._iptc.Chain(table, hook)
+                    for rule in self._ours(builtin, PORTS_COMMENT):
+                        builtin.delete_rule(rule)
+                table.delete_chain(PORTS_CHAIN)
+            self._commit(table)
 
     # -- another tool's FORWARD policy DROP in the legacy tables --------------------------------
 
@@ -129,13 +184,13 @@ class IptablesBackend:
         with self._errors(f"reading {chain.describe()}"):
             table = self._table(_FILTER)
             target = self._iptc.Chain(table, accept_target(chain))
-            return len(self._ours(target, rules)) == len(rules.accepts)
+            return len(self._ours(target, rules.comment)) == len(rules.accepts)
 
     def ensure_accepts(self, rules: NetworkRules, chain: ForeignChain) -> bool:
         with self._errors(f"adding nsrun's accepts to {chain.describe()}"), xtables_lock():
             table = self._table(_FILTER)
             target = self._iptc.Chain(table, accept_target(chain))
-            present = self._ours(target, rules)
+            present = self._ours(target, rules.comment)
             if len(present) == len(rules.accepts):
                 return False
             for rule in present:
@@ -153,7 +208,7 @@ class IptablesBackend:
                 if not table.is_chain(name):
                     continue
                 chain = self._iptc.Chain(table, name)
-                for rule in self._ours(chain, rules):
+                for rule in self._ours(chain, rules.comment):
                     chain.delete_rule(rule)
                     found = True
             if found:
@@ -161,7 +216,11 @@ class IptablesBackend:
 
     def orphans(self, known: set[str]) -> list[tuple[str, str]]:
         """(network, exact fix) for every network with legacy rules here but no definition."""
-        places = ((_FILTER, (FORWARD_CHAIN, Hook.FORWARD.value, DOCKER_USER)), (_NAT, (POSTROUTING_CHAIN,)))
+        places = (
+            (_FILTER, (FORWARD_CHAIN, Hook.FORWARD.value, DOCKER_USER)),
+            (_NAT, (POSTROUTING_CHAIN,)),
+            (_RAW, (GUARD_CHAIN,)),
+        )
         fixes: dict[str, list[str]] = {}
         with self._errors("reading the legacy rules"):
             for table_name, chains in places:
@@ -195,10 +254,10 @@ class IptablesBackend:
         iptc = self._iptc
         if not table.is_chain(chain_name):
             table.create_chain(chain_name)
-        if not self._has_jump(table, hook, chain_name):
+        if not self._has_jump(table, hook.value, chain_name):
             iptc.Chain(table, hook.value).insert_rule(self._jump(chain_name), 0)
         chain = iptc.Chain(table, chain_name)
-        for rule in self._ours(chain, rules):
+        for rule in self._ours(chain, rules.comment):
             chain.delete_rule(rule)
         for rule in reversed(head):
             chain.insert_rule(self._render(rule), 0)
@@ -212,12 +271,12 @@ class IptablesBackend:
         if not table.is_chain(chain_name):
             return
         chain = self._iptc.Chain(table, chain_name)
-        ours = self._ours(chain, rules)
+        ours = self._ours(chain, rules.comment)
         for rule in ours:
             chain.delete_rule(rule)
         if len(chain.rules) == 0:
             # the last nsrun network is gone: leave nothing of nsrun in the table
-            if self._has_jump(table, hook, chain_name):
+            if self._has_jump(table, hook.value, chain_name):
                 self._iptc.Chain(table, hook.value).delete_rule(self._jump(chain_name))
             table.delete_chain(chain_name)
         elif not ours:
@@ -227,9 +286,9 @@ class IptablesBackend:
     def _in_place(
         self, table: Any, hook: Hook, chain_name: str, expected: tuple[Rule, ...], rules: NetworkRules
     ) -> bool:
-        if not table.is_chain(chain_name) or not self._has_jump(table, hook, chain_name):
+        if not table.is_chain(chain_name) or not self._has_jump(table, hook.value, chain_name):
             return False
-        current = self._ours(self._iptc.Chain(table, chain_name), rules)
+        current = self._ours(self._iptc.Chain(table, chain_name), rules.comment)
         return [self._canonical(r) for r in current] == [self._canonical(self._render(r)) for r in expected]
 
     # -- helpers --------------------------------------------------------------------------------
@@ -246,9 +305,9 @@ class IptablesBackend:
         table.refresh()
 
     @staticmethod
-    def _has_jump(table: Any, hook: Hook, chain_name: str) -> bool:
+    def _has_jump(table: Any, builtin: str, chain_name: str) -> bool:
         # walks raw entries in C: decoding a busy host's built-in chain into Rule objects is slow
-        entry = table.first_rule(hook.value)
+        entry = table.first_rule(builtin)
         while entry:
             target = table.get_target(entry)
             if target and target.decode() == chain_name:
@@ -269,12 +328,8 @@ class IptablesBackend:
         return rule
 
     @staticmethod
-    def _ours(chain: Any, rules: NetworkRules) -> list[Any]:
-        return [
-            rule
-            for rule in chain.rules
-            if any(m.name == "comment" and m.comment == rules.comment for m in rule.matches)
-        ]
+    def _ours(chain: Any, comment: str) -> list[Any]:
+        return [rule for rule in chain.rules if any(m.name == "comment" and m.comment == comment for m in rule.matches)]
 
     def _render(self, rule: Rule) -> Any:
         out = self._iptc.Rule()
@@ -284,6 +339,8 @@ class IptablesBackend:
             out.out_interface = ("!" if rule.out_iface_negated else "") + rule.out_iface
         if rule.source:
             out.src = str(rule.source)
+        if rule.destination:
+            out.dst = str(rule.destination)
         if rule.dest_negated:
             out.dst = f"!{rule.dest_negated}"
         if rule.ctstates:

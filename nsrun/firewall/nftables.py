@@ -9,17 +9,23 @@ Every rule carries the comment `nsrun:NAME`. Each change is one atomic transacti
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.rules import COMMENT_PREFIX, DOCKER_USER, ForeignChain, Verdict, accept_target
+from nsrun.firewall.rules import (
+    COMMENT_PREFIX,
+    DOCKER_USER,
+    SANDBOX_COMMENT_PREFIX,
+    ForeignChain,
+    Verdict,
+    accept_target,
+)
 
 if TYPE_CHECKING:
-    import ipaddress
-
-    from nsrun.firewall.rules import NetworkRules, Rule
+    from nsrun.firewall.rules import NetworkRules, PortMapping, PortRules, Rule
 
 __all__ = ["FAMILY", "TABLE", "NftablesBackend", "open_nftables"]
 
@@ -27,8 +33,16 @@ FAMILY: Final = "inet"
 TABLE: Final = "nsrun"
 FORWARD: Final = "forward"
 POSTROUTING: Final = "postrouting"
+GUARD: Final = "guard"  # filter at raw priority on prerouting
+PORTS: Final = "ports"  # DNAT of published ports, entered from the nat prerouting and output hooks
+PREROUTING_NAT: Final = "prerouting-nat"
+OUTPUT_NAT: Final = "output-nat"
+PORTS_COMMENT: Final = "nsrun:ports"
 _FILTER_PRIORITY: Final = 0
 _SRCNAT_PRIORITY: Final = 100
+_DSTNAT_PRIORITY: Final = -100
+_RAW_PRIORITY: Final = -300
+_NETWORK_BASE_CHAINS: Final = (FORWARD, POSTROUTING, GUARD)
 _CT_STATES: Final = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"})
 _CT_STATUSES: Final = frozenset({"DNAT", "SNAT"})
 _T: Final = {"family": FAMILY, "table": TABLE}
@@ -83,10 +97,11 @@ class NftablesBackend:
             {"add": {"table": {"family": FAMILY, "name": TABLE}}},
             _base_chain(FORWARD, "filter", "forward", _FILTER_PRIORITY),
             _base_chain(POSTROUTING, "nat", "postrouting", _SRCNAT_PRIORITY),
+            _base_chain(GUARD, "filter", "prerouting", _RAW_PRIORITY),
         ]
         commands += [
             _delete_rule(FAMILY, TABLE, chain, h)
-            for chain in (FORWARD, POSTROUTING)
+            for chain in _NETWORK_BASE_CHAINS
             for h in listing.rules.get(chain, [])
         ]
         for chain, members in ((inside, rules.inbound), (outside, rules.outbound)):
@@ -97,12 +112,52 @@ class NftablesBackend:
         )
         commands.append(_add_rule(FORWARD, [_iface("iifname", rules.bridge), _jump(outside)], rules.comment))
         commands += [_add_rule(POSTROUTING, render(rule), rule.comment) for rule in rules.nat]
+        commands += [_add_rule(GUARD, render(rule), rule.comment) for rule in rules.guard]
         self._run(commands, f"installing nftables rules of network {rules.network!r}")
         return True
 
+    # -- one sandbox's published ports -------------------------------------------------------------
+
+    def add_ports(self, ports: PortRules) -> None:
+        items = self._list({"list": {"table": {"family": FAMILY, "name": TABLE}}}, "reading table inet nsrun")
+        chains = {item["chain"]["name"] for item in items if "chain" in item}
+        commands: list[dict[str, Any]] = []
+        if PORTS not in chains:
+            local = {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr"]}}, "right": "local"}}
+            commands += [
+                {"add": {"chain": {**_T, "name": PORTS}}},
+                _base_chain(PREROUTING_NAT, "nat", "prerouting", _DSTNAT_PRIORITY),
+                _base_chain(OUTPUT_NAT, "nat", "output", _DSTNAT_PRIORITY),
+                _add_rule(PREROUTING_NAT, [local, _jump(PORTS)], PORTS_COMMENT),
+                _add_rule(OUTPUT_NAT, [local, _jump(PORTS)], PORTS_COMMENT),
+            ]
+        commands += [_add_rule(PORTS, _dnat(ports, mapping), ports.comment) for mapping in ports.mappings]
+        self._run(commands, "publishing ports")
+
+    def remove_ports(self, sandbox_id: str) -> None:
+        comment = SANDBOX_COMMENT_PREFIX + sandbox_id
+        items = self._list(
+            {"list": {"table": {"family": FAMILY, "name": TABLE}}}, "reading table inet nsrun", missing_ok=True
+        )
+        commands = [
+            _delete_rule(FAMILY, TABLE, r["chain"], r["handle"])
+            for item in items
+            if (r := item.get("rule")) and r.get("comment") == comment
+        ]
+        if commands:
+            self._run(commands, "removing published ports")
+
+    def published(self) -> list[str]:
+        """Sandbox ids with port rules here."""
+        items = self._list(
+            {"list": {"table": {"family": FAMILY, "name": TABLE}}}, "reading table inet nsrun", missing_ok=True
+        )
+        comments = {str(r.get("comment", "")) for item in items if (r := item.get("rule"))}
+        return sorted(c.removeprefix(SANDBOX_COMMENT_PREFIX) for c in comments if c.startswith(SANDBOX_COMMENT_PREFIX))
+
     def teardown_network(self, rules: NetworkRules) -> None:
         listing = self._listing(rules)
-        commands = [_delete_rule(FAMILY, TABLE, c, h) for c in (FORWARD, POSTROUTING) for h in listing.rules.get(c, [])]
+        commands = [_delete_rule(FAMILY, TABLE, c, h) for c in _NETWORK_BASE_CHAINS for h in listing.rules.get(c, [])]
         for chain in (in_chain(rules.network), out_chain(rules.network)):
             if chain in listing.chains:
                 commands += [{"flush": {"chain": {**_T, "name": chain}}}, {"delete": {"chain": {**_T, "name": chain}}}]
@@ -210,7 +265,7 @@ class NftablesBackend:
                 continue
             if rule.get("comment") == rules.comment:
                 listing.rules.setdefault(rule["chain"], []).append(rule["handle"])
-            elif rule["chain"] in (FORWARD, POSTROUTING):
+            elif rule["chain"] in _NETWORK_BASE_CHAINS:
                 listing.other_networks = True
         return listing
 
@@ -221,6 +276,7 @@ class NftablesBackend:
             out_chain(rules.network): len(rules.outbound),
             FORWARD: 2,
             POSTROUTING: len(rules.nat),
+            GUARD: len(rules.guard),
         }
         return all(len(listing.rules.get(chain, [])) == count for chain, count in expected.items())
 
@@ -268,6 +324,16 @@ def _iface(key: str, name: str, *, negated: bool = False) -> dict[str, Any]:
     return {"match": {"op": "!=" if negated else "==", "left": {"meta": {"key": key}}, "right": name}}
 
 
+def _dnat(ports: PortRules, mapping: PortMapping) -> list[dict[str, Any]]:
+    expr: list[dict[str, Any]] = [{"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}}]
+    if mapping.host_ip is not None:
+        expr.append(_prefix("daddr", ipaddress.IPv4Network(mapping.host_ip), "=="))
+    dport = {"payload": {"protocol": mapping.proto, "field": "dport"}}
+    expr.append({"match": {"op": "==", "left": dport, "right": mapping.host_port}})
+    expr.append({"dnat": {"family": "ip", "addr": str(ports.address), "port": mapping.port}})
+    return expr
+
+
 def _jump(chain: str) -> dict[str, Any]:
     return {"jump": {"target": chain}}
 
@@ -287,6 +353,8 @@ def render(rule: Rule) -> list[dict[str, Any]]:
         expr.append(_iface("oifname", rule.out_iface, negated=rule.out_iface_negated))
     if rule.source:
         expr.append(_prefix("saddr", rule.source, "=="))
+    if rule.destination:
+        expr.append(_prefix("daddr", rule.destination, "=="))
     if rule.dest_negated:
         expr.append(_prefix("daddr", rule.dest_negated, "!="))
     states = sorted(s.lower() for s in rule.ctstates if s in _CT_STATES)

@@ -12,10 +12,14 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = [
+    "LOOPBACK",
     "MULTICAST",
+    "SANDBOX_COMMENT_PREFIX",
     "ForeignChain",
     "Hook",
     "NetworkRules",
+    "PortMapping",
+    "PortRules",
     "Rule",
     "Verdict",
     "accept_target",
@@ -24,12 +28,14 @@ __all__ = [
 ]
 
 MULTICAST: Final = ipaddress.IPv4Network("224.0.0.0/4")
+LOOPBACK: Final = ipaddress.IPv4Network("127.0.0.0/8")
 COMMENT_PREFIX: Final = "nsrun:"
 
 
 class Hook(StrEnum):
     FORWARD = "FORWARD"
     POSTROUTING = "POSTROUTING"
+    PREROUTING = "PREROUTING"
 
 
 class Verdict(StrEnum):
@@ -47,6 +53,7 @@ class Rule:
     out_iface: str | None = None
     out_iface_negated: bool = False
     source: ipaddress.IPv4Network | None = None
+    destination: ipaddress.IPv4Network | None = None
     dest_negated: ipaddress.IPv4Network | None = None
     ctstates: tuple[str, ...] = ()
 
@@ -66,6 +73,9 @@ class NetworkRules:
     # what goes into another tool's forward chain that drops by policy: plain interface accepts,
     # which that tool can still read back; the stateful checks stay in nsrun's own rules
     accepts: tuple[Rule, ...]
+    # raw prerouting: the bridge has route_localnet (so the host's 127.0.0.1 can reach published
+    # ports), which would also let a sandbox address the host's loopback services: drop that
+    guard: tuple[Rule, ...] = ()
 
     @property
     def comment(self) -> str:
@@ -97,19 +107,55 @@ def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network, *, i
     if internal:
         leaving = Rule(fwd, drop, tag, in_iface=bridge, out_iface=bridge, out_iface_negated=True)
         return NetworkRules(network, bridge, subnet, inbound, (leaving, *outbound), (), ())
+    masquerade = Hook.POSTROUTING, Verdict.MASQUERADE, tag
     nat = (
-        Rule(
-            Hook.POSTROUTING,
-            Verdict.MASQUERADE,
-            tag,
-            source=subnet,
-            out_iface=bridge,
-            out_iface_negated=True,
-            dest_negated=MULTICAST,
-        ),
+        Rule(*masquerade, source=subnet, out_iface=bridge, out_iface_negated=True, dest_negated=MULTICAST),
+        # a published port reached from the host's 127.0.0.1, or from a sandbox of this network by
+        # the host's address (hairpin): the reply must come back through the host, not around it
+        Rule(*masquerade, source=LOOPBACK, out_iface=bridge, ctstates=("DNAT",)),
+        Rule(*masquerade, source=subnet, out_iface=bridge, ctstates=("DNAT",)),
     )
+    guard = (Rule(Hook.PREROUTING, Verdict.DROP, tag, in_iface=bridge, destination=LOOPBACK),)
     accepts = (Rule(fwd, accept, tag, in_iface=bridge), Rule(fwd, accept, tag, out_iface=bridge))
-    return NetworkRules(network, bridge, subnet, inbound, outbound, nat, accepts)
+    return NetworkRules(network, bridge, subnet, inbound, outbound, nat, accepts, guard)
+
+
+SANDBOX_COMMENT_PREFIX: Final = "nsrun-sandbox:"
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """`-p [HOST_IP:]HOST_PORT:PORT[/PROTO]`."""
+
+    host_port: int
+    port: int
+    proto: str = "tcp"
+    host_ip: ipaddress.IPv4Address | None = None
+
+    def __str__(self) -> str:
+        return f"{self.host_ip or '0.0.0.0'}:{self.host_port}->{self.port}/{self.proto}"  # noqa: S104
+
+    def spec(self) -> str:
+        """The form `-p` takes, which `parse_publish` reads back."""
+        prefix = f"{self.host_ip}:" if self.host_ip else ""
+        return f"{prefix}{self.host_port}:{self.port}/{self.proto}"
+
+    def collides(self, other: PortMapping) -> bool:
+        same_port = (self.host_port, self.proto) == (other.host_port, other.proto)
+        return same_port and (self.host_ip is None or other.host_ip is None or self.host_ip == other.host_ip)
+
+
+@dataclass(frozen=True)
+class PortRules:
+    """One sandbox's published ports: DNAT from any local address (or HOST_IP) to the sandbox."""
+
+    sandbox_id: str
+    address: ipaddress.IPv4Address
+    mappings: tuple[PortMapping, ...]
+
+    @property
+    def comment(self) -> str:
+        return SANDBOX_COMMENT_PREFIX + self.sandbox_id
 
 
 DOCKER_USER: Final = "DOCKER-USER"

@@ -3,6 +3,7 @@ one bound to the host namespace, or one opened inside a sandbox's namespace."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -29,6 +30,7 @@ __all__ = [
     "default_route_mtu",
     "delete_link",
     "ensure_bridge",
+    "flush_udp_conntrack",
     "host_routes",
     "link_exists",
     "list_links",
@@ -152,6 +154,18 @@ def configure_sandbox(inner: IPRoute, plan: AttachPlan) -> None:
             inner.route("add", dst="default", gateway=str(plan.gateway))
     except NetlinkError as err:
         raise _fail(action, err) from err
+
+
+def flush_udp_conntrack(port: int) -> None:
+    """Forget UDP flows to a newly published port: conntrack would keep sending a client that
+    talked to the port before to wherever it went then, not to the new sandbox."""
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    with contextlib.suppress(NetlinkError, OSError), contextlib.closing(Conntrack()) as conntrack:
+        for entry in list(conntrack.dump_entries(tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP, dport=port))):
+            with contextlib.suppress(NetlinkError):
+                conntrack.delete(entry)
 
 
 def delete_link(ipr: IPRoute, name: str) -> None:

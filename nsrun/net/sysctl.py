@@ -7,7 +7,7 @@ from typing import Final
 
 from nsrun.errors import NsrunError
 
-__all__ = ["IP_FORWARD", "allow_unprivileged_ports", "ensure_ip_forward", "read_sysctl"]
+__all__ = ["IP_FORWARD", "allow_unprivileged_ports", "enable_route_localnet", "ensure_ip_forward", "read_sysctl"]
 
 IP_FORWARD: Final = "net/ipv4/ip_forward"
 _ROOT: Final = Path("/proc/sys")
@@ -24,6 +24,15 @@ def ensure_ip_forward() -> None:
             (_ROOT / IP_FORWARD).write_text("1\n")
     except OSError as err:
         raise NsrunError("enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root") from err
+
+
+def enable_route_localnet(bridge: str) -> None:
+    """Let the host's 127.0.0.1 reach published ports in sandboxes on this bridge (packets keep
+    their loopback source until masqueraded); the network's guard rule drops the reverse."""
+    try:
+        (_ROOT / f"net/ipv4/conf/{bridge}/route_localnet").write_text("1\n")
+    except OSError as err:
+        raise NsrunError(f"enabling route_localnet on {bridge}", err.strerror or str(err)) from err
 
 
 def allow_unprivileged_ports() -> None:

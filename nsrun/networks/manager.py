@@ -158,6 +158,7 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
     index = netlink.ensure_bridge(ipr, spec.bridge, spec.gateway, spec.subnet)
     if not spec.internal:
         sysctl.ensure_ip_forward()
+        sysctl.enable_route_localnet(spec.bridge)
     wanted = _wanted_backend(spec.firewall)
     if wanted != spec.firewall:
         firewall.teardown_network_firewall(spec.firewall, spec.rules)

@@ -39,3 +39,17 @@ def kill_netns_members(inode: int) -> list[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return killed
+
+
+def port_holder(port: int, proto: str) -> str:
+    """Who holds a local port, as `pid N (name)`, for an error message."""
+    kind = "tcp4" if proto == "tcp" else "udp4"
+    for conn in psutil.net_connections(kind=kind):
+        if conn.laddr and conn.laddr.port == port and (proto == "udp" or conn.status == psutil.CONN_LISTEN):
+            if conn.pid is None:
+                return "a process nsrun cannot see"
+            try:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+            except psutil.NoSuchProcess:
+                return f"pid {conn.pid}"
+    return "another socket"

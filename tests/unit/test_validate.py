@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from nsrun.errors import UsageError
-from nsrun.validate import parse_address, parse_mac, parse_subnet, validate_ifname, validate_name
+from nsrun.validate import parse_address, parse_mac, parse_publish, parse_subnet, validate_ifname, validate_name
 
 
 @pytest.mark.parametrize(
@@ -81,3 +81,24 @@ def test_ifname_of_15_bytes_is_accepted() -> None:
 def test_network_name_rejects(name: str) -> None:
     with pytest.raises(UsageError):
         validate_name(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("8081:9000", "0.0.0.0:8081->9000/tcp", id="plain"),
+        pytest.param("8081:9000/udp", "0.0.0.0:8081->9000/udp", id="udp"),
+        pytest.param("192.0.2.1:80:8080/tcp", "192.0.2.1:80->8080/tcp", id="host-ip"),
+        pytest.param("0.0.0.0:80:8080", "0.0.0.0:80->8080/tcp", id="all-addresses"),
+    ],
+)
+def test_parse_publish(text: str, expected: str) -> None:
+    mapping = parse_publish(text)
+    assert str(mapping) == expected
+    assert parse_publish(mapping.spec()) == mapping
+
+
+@pytest.mark.parametrize("text", ["80", "0:80", "80:70000", "a:80", "80:80/sctp", "1.2.3:80:80", "224.0.0.1:80:80"])
+def test_parse_publish_rejects(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_publish(text)
