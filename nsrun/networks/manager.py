@@ -142,6 +142,19 @@ def ensure_loaded(dirs: StateDirs, spec: NetworkSpec) -> None:
         raise NotFoundError(f"network {spec.name!r}", "it was removed or changed while the sandbox started", "retry")
 
 
+def check_subnet_still_free(ipr: IPRoute, spec: NetworkSpec) -> None:
+    """A route that appeared since the network was created (a VPN came up) would take part of the
+    sandboxes' traffic, or theirs would shadow it: refuse rather than misroute."""
+    routes = [(r.network, f"host route via {r.ifname}") for r in netlink.host_routes(ipr) if r.ifname != spec.bridge]
+    clash = first_overlap(spec.subnet, routes)
+    if clash:
+        raise ConflictError(
+            f"network {spec.name!r}",
+            f"its subnet {spec.subnet} now overlaps {clash[0]} ({clash[1]})",
+            f"recreate it elsewhere: nsrun network rm {spec.name} && nsrun network create {spec.name}",
+        )
+
+
 def _wanted_backend(recorded: str | None) -> str:
     """NSRUN_FIREWALL when set; else the backend the network was created with; else auto's pick."""
     requested = requested_backend()
@@ -155,6 +168,7 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
     (after a reboot, `nft flush ruleset`, a firewall reload). A network whose rules another
     backend installed is moved to the wanted one, so its record always names where its rules are.
     Returns the bridge's index and the (possibly updated) network."""
+    check_subnet_still_free(ipr, spec)
     index = netlink.ensure_bridge(ipr, spec.bridge, spec.gateway, spec.subnet)
     if not spec.internal:
         sysctl.ensure_ip_forward()

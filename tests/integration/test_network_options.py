@@ -74,3 +74,16 @@ def test_bad_mtu_is_refused(world: World, mtu: str) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert world.snapshot() == before
+
+
+def test_subnet_is_rechecked_against_host_routes_at_each_launch(world: World) -> None:
+    assert world.nsrun("--", "true").returncode == 0
+    subnet = json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["subnet"]
+    # a VPN comes up with a route over the network's subnet
+    vpn = str(ipaddress.IPv4Network(subnet).supernet(new_prefix=16))
+    assert world.run("ip", "route", "add", vpn, "via", "203.0.113.10", "dev", "uplink").returncode == 0
+    result = world.nsrun("--", "true")
+    assert result.returncode == 125
+    assert "now overlaps" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not [n for n in world.links() if n.startswith("nsv")]
