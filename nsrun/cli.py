@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -200,7 +201,12 @@ def _host() -> Any:
 def network_create(
     name: Annotated[str, typer.Argument(help="Network name.")],
     subnet: Annotated[
-        str | None, typer.Option("--subnet", metavar="CIDR", help="IPv4 subnet; a free private /24 if left out.")
+        list[str] | None,
+        typer.Option(
+            "--subnet",
+            metavar="CIDR",
+            help="IPv4 subnet (a free private /24 if left out); give an IPv6 one too for dual-stack.",
+        ),
     ] = None,
     gateway: Annotated[
         str | None,
@@ -225,14 +231,27 @@ def network_create(
     from nsrun.validate import parse_address, parse_subnet, validate_ifname, validate_mtu, validate_name
 
     validate_name(name)
-    parsed_subnet = parse_subnet(subnet) if subnet is not None else None
+    subnets = [parse_subnet(text) for text in subnet or ()]
+    v4 = [s for s in subnets if isinstance(s, ipaddress.IPv4Network)]
+    v6 = [s for s in subnets if isinstance(s, ipaddress.IPv6Network)]
+    if len(v4) > 1 or len(v6) > 1:
+        raise UsageError("invalid --subnet", "give at most one IPv4 and one IPv6 subnet")
+    parsed_subnet = v4[0] if v4 else None
     parsed_gateway = parse_address(gateway, option="--gateway") if gateway is not None else None
     if bridge is not None:
         validate_ifname(bridge)
     if mtu is not None:
         validate_mtu(mtu)
     with _closing(_host()) as ipr:
-        request = NetworkRequest(name, parsed_subnet, parsed_gateway, bridge, mtu, internal)
+        request = NetworkRequest(
+            name,
+            subnet=parsed_subnet,
+            subnet6=v6[0] if v6 else None,
+            gateway=parsed_gateway,
+            bridge=bridge,
+            mtu=mtu,
+            internal=internal,
+        )
         spec = manager.create_network(StateDirs(), ipr, request)
     typer.echo(f"{spec.name} {spec.subnet} gateway {spec.gateway} bridge {spec.bridge}")
 

@@ -36,6 +36,7 @@ from nsrun.validate import (
 
 if TYPE_CHECKING:
     import ipaddress
+    import socket
     from collections.abc import Callable, Sequence
     from types import TracebackType
 
@@ -161,6 +162,7 @@ class Sandbox:
     network: NetworkSpec | None = field(default=None, init=False)
     lease: Lease | None = field(default=None, init=False)
     record: SandboxRecord | None = field(default=None, init=False)
+    address6: ipaddress.IPv6Address | None = field(default=None, init=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
     _failures: list[str] = field(default_factory=list, init=False)
 
@@ -283,11 +285,20 @@ class Sandbox:
             ports=tuple(mapping.spec() for mapping in self.request.publish),
         )
         registry = self._registry()
-        registry.register(record, _record_is_stale, check=self._reserve_ports)
+        held: list[socket.socket] = []
+        try:
+            registry.register(record, _record_is_stale, check=lambda live: held.extend(self._reserve_ports(live)))
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
         self.record = record
         self._step("removing the sandbox's record", registry.remove, record)
+        # closed before the record goes, so a port is never both unlisted and still held
+        for sock in held:
+            self._step("releasing a published host port", sock.close)
 
-    def _reserve_ports(self, live: list[SandboxRecord]) -> None:
+    def _reserve_ports(self, live: list[SandboxRecord]) -> list[socket.socket]:
         """Under the registry's lock: no live sandbox publishes these host ports, and no host
         process holds them; each is then held by a bound socket until teardown."""
         from nsrun.errors import ConflictError
@@ -301,9 +312,14 @@ class Sandbox:
                         f"sandbox {record.name!r} (pid {record.child_pid or record.pid}) publishes it",
                         "choose another host port, or end that sandbox",
                     )
-        for mapping in self.request.publish:
-            sock = reserve_host_port(mapping)
-            self._step(f"releasing host port {mapping.host_port}/{mapping.proto}", sock.close)
+        held: list[socket.socket] = []
+        try:
+            held.extend(reserve_host_port(mapping) for mapping in self.request.publish)
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+        return held
 
     def _announce(self, child_pid: int) -> None:
         """The command runs: record its pid (for `ls` and `exec`) and give its namespace its name."""
@@ -313,7 +329,9 @@ class Sandbox:
 
         assert self.record is not None  # noqa: S101  # registered in setup
         registry = self._registry()
-        addresses = (self.lease.address,) if self.lease else ()
+        addresses: tuple[str, ...] = (self.lease.address,) if self.lease else ()
+        if self.address6 is not None:
+            addresses += (str(self.address6),)
         self.record = replace(self.record, child_pid=child_pid, addresses=addresses)
         registry.update(self.record)
         if self.netns_fd is not None and self.request.owns_netns:
@@ -375,16 +393,21 @@ class Sandbox:
             self._step(f"releasing address {lease.address}", store.release, lease)
             bridge_index, network = manager.ensure_host_side(self.dirs, host, network)
             self.network = network
+        address = parse_address(lease.address)
         plan = AttachPlan(
             bridge=network.bridge,
             host_veth=veth,
-            address=parse_address(lease.address),
+            address=address,
             subnet=network.subnet,
             gateway=network.gateway,
             mac=self.request.mac,
             mtu=network.mtu or netlink.default_route_mtu(host),
             default_route=not network.internal,
+            address6=network.address6_for(address),
+            prefixlen6=network.subnet6.prefixlen if network.subnet6 else None,
+            gateway6=network.gateway6,
         )
+        self.address6 = plan.address6
         assert self.netns_fd is not None  # noqa: S101  # set by _open_netns
         netlink.create_veth(host, plan, self.netns_fd)
         self._step(f"deleting veth {veth}", netlink.delete_link, host, veth)

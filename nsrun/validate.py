@@ -72,15 +72,24 @@ def parse_address(text: str, *, option: str = "--ip") -> ipaddress.IPv4Address:
     return address
 
 
-def parse_subnet(text: str) -> ipaddress.IPv4Network:
+MAX_PREFIXLEN6: Final = 120
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv4 subnet, or an IPv6 one for dual-stack networks."""
     try:
         subnet = ipaddress.ip_network(text, strict=True)
     except ValueError as err:
         raise UsageError(
             f"invalid --subnet {text!r}", str(err), "give a network in CIDR form, e.g. 10.123.0.0/24"
         ) from err
-    if not isinstance(subnet, ipaddress.IPv4Network):
-        raise UsageError(f"invalid --subnet {text!r}", "only IPv4 subnets are supported")
+    if isinstance(subnet, ipaddress.IPv6Network):
+        if subnet.prefixlen > MAX_PREFIXLEN6 or subnet.is_multicast or subnet.is_link_local or subnet.is_loopback:
+            raise UsageError(
+                f"invalid --subnet {text!r}",
+                f"use a unicast, non-link-local IPv6 prefix of /{MAX_PREFIXLEN6} or shorter",
+            )
+        return subnet
     if subnet.prefixlen > MIN_PREFIXLEN_HOSTS:
         raise UsageError(
             f"invalid --subnet {text!r}",

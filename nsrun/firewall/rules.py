@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 MULTICAST: Final = ipaddress.IPv4Network("224.0.0.0/4")
+MULTICAST6: Final = ipaddress.IPv6Network("ff00::/8")
 LOOPBACK: Final = ipaddress.IPv4Network("127.0.0.0/8")
 COMMENT_PREFIX: Final = "nsrun:"
 
@@ -52,9 +53,9 @@ class Rule:
     in_iface: str | None = None
     out_iface: str | None = None
     out_iface_negated: bool = False
-    source: ipaddress.IPv4Network | None = None
-    destination: ipaddress.IPv4Network | None = None
-    dest_negated: ipaddress.IPv4Network | None = None
+    source: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    destination: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    dest_negated: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ctstates: tuple[str, ...] = ()
 
 
@@ -86,7 +87,14 @@ def comment_for(network: str) -> str:
     return COMMENT_PREFIX + network
 
 
-def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network, *, internal: bool = False) -> NetworkRules:
+def network_rules(
+    network: str,
+    bridge: str,
+    subnet: ipaddress.IPv4Network,
+    *,
+    internal: bool = False,
+    subnet6: ipaddress.IPv6Network | None = None,
+) -> NetworkRules:
     """`internal`: sandboxes reach each other and the host, nothing beyond it, and nothing is NATed."""
     tag = comment_for(network)
     fwd, accept, drop = Hook.FORWARD, Verdict.ACCEPT, Verdict.DROP
@@ -108,13 +116,15 @@ def network_rules(network: str, bridge: str, subnet: ipaddress.IPv4Network, *, i
         leaving = Rule(fwd, drop, tag, in_iface=bridge, out_iface=bridge, out_iface_negated=True)
         return NetworkRules(network, bridge, subnet, inbound, (leaving, *outbound), (), ())
     masquerade = Hook.POSTROUTING, Verdict.MASQUERADE, tag
-    nat = (
+    nat: tuple[Rule, ...] = (
         Rule(*masquerade, source=subnet, out_iface=bridge, out_iface_negated=True, dest_negated=MULTICAST),
         # a published port reached from the host's 127.0.0.1, or from a sandbox of this network by
         # the host's address (hairpin): the reply must come back through the host, not around it
         Rule(*masquerade, source=LOOPBACK, out_iface=bridge, ctstates=("DNAT",)),
         Rule(*masquerade, source=subnet, out_iface=bridge, ctstates=("DNAT",)),
     )
+    if subnet6 is not None:
+        nat += (Rule(*masquerade, source=subnet6, out_iface=bridge, out_iface_negated=True, dest_negated=MULTICAST6),)
     guard = (Rule(Hook.PREROUTING, Verdict.DROP, tag, in_iface=bridge, destination=LOOPBACK),)
     accepts = (Rule(fwd, accept, tag, in_iface=bridge), Rule(fwd, accept, tag, out_iface=bridge))
     return NetworkRules(network, bridge, subnet, inbound, outbound, nat, accepts, guard)

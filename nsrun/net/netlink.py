@@ -16,7 +16,7 @@ from nsrun.errors import NsrunError
 from nsrun.process import namespaces
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from nsrun.net.plan import AttachPlan
 
@@ -40,6 +40,8 @@ __all__ = [
 
 _LOOPBACK_INDEX: Final = 1  # lo is always ifindex 1 in a fresh namespace
 _MAIN_TABLE: Final = 254
+IFA_F_NODAD: Final = 0x02
+AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LOCAL_TABLE: Final = 255
 
 
@@ -86,8 +88,9 @@ def list_links(ipr: IPRoute) -> list[tuple[str, str | None]]:
     return [(m.get("ifname"), m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")) for m in ipr.link("dump")]
 
 
-def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, subnet: ipaddress.IPv4Network) -> int:
-    """The bridge exists, holds the gateway address and is up; returns its index. Idempotent."""
+def ensure_bridge(ipr: IPRoute, name: str, addresses: Sequence[tuple[AnyAddress, int]]) -> int:
+    """The bridge exists, holds the gateway addresses (address, prefix length) and is up; returns
+    its index. Idempotent."""
     created = False
     try:
         ipr.link("add", ifname=name, kind="bridge")
@@ -105,13 +108,20 @@ def ensure_bridge(ipr: IPRoute, name: str, gateway: ipaddress.IPv4Address, subne
         # Pin the bridge's MAC: by default it takes the lowest MAC of its ports and changes as
         # sandboxes come and go, and peers then send to a stale ARP entry for up to minutes.
         ipr.link("set", index=index, address=link.get("address"))
-    try:
-        ipr.addr("add", index=index, address=str(gateway), prefixlen=subnet.prefixlen)
-    except NetlinkError as err:
-        if err.code != errno.EEXIST:
-            raise _fail(f"adding address {gateway}/{subnet.prefixlen} to bridge {name!r}", err) from err
+    for address, prefixlen in addresses:
+        _ensure_address(ipr, index, address, prefixlen, f"bridge {name!r}")
     ipr.link("set", index=index, state="up")
     return index
+
+
+def _ensure_address(ipr: IPRoute, index: int, address: AnyAddress, prefixlen: int, where: str) -> None:
+    # IPv6 addresses skip duplicate address detection: usable at once, not after ~1.5 s of "tentative"
+    flags = {"flags": IFA_F_NODAD} if address.version == 6 else {}  # noqa: PLR2004
+    try:
+        ipr.addr("add", index=index, address=str(address), prefixlen=prefixlen, **flags)
+    except NetlinkError as err:
+        if err.code != errno.EEXIST:
+            raise _fail(f"adding address {address}/{prefixlen} to {where}", err) from err
 
 
 def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int) -> None:
@@ -149,9 +159,13 @@ def configure_sandbox(inner: IPRoute, plan: AttachPlan) -> None:
     try:
         index = inner.link("get", ifname=plan.sandbox_ifname)[0]["index"]
         inner.addr("add", index=index, address=str(plan.address), prefixlen=plan.subnet.prefixlen)
+        if plan.address6 is not None and plan.prefixlen6 is not None:
+            _ensure_address(inner, index, plan.address6, plan.prefixlen6, "the sandbox")
         inner.link("set", index=index, state="up")
         if plan.default_route:
             inner.route("add", dst="default", gateway=str(plan.gateway))
+            if plan.gateway6 is not None:
+                inner.route("add", dst="default", gateway=str(plan.gateway6), family=socket.AF_INET6)
     except NetlinkError as err:
         raise _fail(action, err) from err
 
@@ -194,20 +208,22 @@ def default_route_mtu(ipr: IPRoute) -> int | None:
 
 @dataclass(frozen=True)
 class HostRoute:
-    network: ipaddress.IPv4Network
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
     ifname: str
 
 
-def host_routes(ipr: IPRoute) -> list[HostRoute]:
-    """Every IPv4 prefix the host routes or owns (default routes excepted), with its interface."""
+def host_routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[HostRoute]:
+    """Every prefix of `family` the host routes or owns (default, link-local and multicast routes
+    excepted), with its interface."""
     names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
     found: set[HostRoute] = set()
-    for route in ipr.route("dump", family=socket.AF_INET):
+    for route in ipr.route("dump", family=family):
         if route.get("table") != _MAIN_TABLE or route["dst_len"] == 0 or route.get("dst") is None:
             continue
-        network = ipaddress.IPv4Network(f"{route.get('dst')}/{route['dst_len']}", strict=False)
+        network = ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}", strict=False)
         found.add(HostRoute(network, names.get(route.get("oif"), "?")))
-    for addr in ipr.addr("dump", family=socket.AF_INET):
-        network = ipaddress.IPv4Network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False)
+    for addr in ipr.addr("dump", family=family):
+        network = ipaddress.ip_network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False)
         found.add(HostRoute(network, names.get(addr["index"], "?")))
-    return sorted(found, key=lambda r: (int(r.network.network_address), r.network.prefixlen))
+    kept = [r for r in found if not (r.network.is_link_local or r.network.is_multicast)]
+    return sorted(kept, key=lambda r: (int(r.network.network_address), r.network.prefixlen))

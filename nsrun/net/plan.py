@@ -48,3 +48,6 @@ class AttachPlan:
     sandbox_ifname: str = SANDBOX_IFNAME
     mtu: int | None = None
     default_route: bool = True  # False on internal networks: nothing beyond the host
+    address6: ipaddress.IPv6Address | None = None  # dual-stack networks
+    prefixlen6: int | None = None
+    gateway6: ipaddress.IPv6Address | None = None

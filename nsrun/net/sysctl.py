@@ -10,6 +10,7 @@ from nsrun.errors import NsrunError
 __all__ = ["IP_FORWARD", "allow_unprivileged_ports", "enable_route_localnet", "ensure_ip_forward", "read_sysctl"]
 
 IP_FORWARD: Final = "net/ipv4/ip_forward"
+IPV6_FORWARDING: Final = "net/ipv6/conf/all/forwarding"
 _ROOT: Final = Path("/proc/sys")
 
 
@@ -17,11 +18,15 @@ def read_sysctl(key: str) -> str:
     return (_ROOT / key).read_text().strip()
 
 
-def ensure_ip_forward() -> None:
-    """Routing between the bridge and the uplink needs forwarding; it is host-wide and left on."""
+def ensure_ip_forward(*, ipv6: bool = False) -> None:
+    """Routing between the bridge and the uplink needs forwarding; it is host-wide and left on.
+    (With IPv6 forwarding on, a host that learns its own IPv6 route from router advertisements
+    needs accept_ra=2 on its uplink to keep doing so.)"""
+    keys = [IP_FORWARD, IPV6_FORWARDING] if ipv6 else [IP_FORWARD]
     try:
-        if read_sysctl(IP_FORWARD) != "1":
-            (_ROOT / IP_FORWARD).write_text("1\n")
+        for key in keys:
+            if read_sysctl(key) != "1":
+                (_ROOT / key).write_text("1\n")
     except OSError as err:
         raise NsrunError("enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root") from err
 

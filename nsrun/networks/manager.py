@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import socket
 from typing import TYPE_CHECKING
 
 from nsrun.errors import ConflictError, NotFoundError, NsrunError
@@ -15,6 +16,7 @@ from nsrun.ipam.leases import LeaseStore
 from nsrun.net import netlink, sysctl
 from nsrun.networks.spec import (
     DEFAULT_NETWORK,
+    AnyNetwork,
     NetworkRequest,
     NetworkSpec,
     auto_subnet_candidates,
@@ -44,16 +46,14 @@ __all__ = [
 ]
 
 
-def _taken_subnets(
-    ipr: IPRoute, store: NetworkStore, exclude: str | None = None
-) -> list[tuple[ipaddress.IPv4Network, str]]:
-    taken = [(spec.subnet, f"nsrun network {spec.name!r}") for spec in store.all() if spec.name != exclude]
+def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None) -> list[tuple[AnyNetwork, str]]:
+    taken: list[tuple[AnyNetwork, str]] = []
+    for spec in store.all():
+        if spec.name != exclude:
+            taken += [(subnet, f"nsrun network {spec.name!r}") for subnet in (spec.subnet, spec.subnet6) if subnet]
     ours = {spec.bridge for spec in store.all()}
-    taken += [
-        (route.network, f"host route via {route.ifname}")
-        for route in netlink.host_routes(ipr)
-        if route.ifname not in ours
-    ]
+    routes = netlink.host_routes(ipr) + netlink.host_routes(ipr, socket.AF_INET6)
+    taken += [(route.network, f"host route via {route.ifname}") for route in routes if route.ifname not in ours]
     return taken
 
 
@@ -84,14 +84,20 @@ def create_network(
             firewall=firewall_backend,
             mtu=request.mtu,
             internal=request.internal,
+            subnet6=request.subnet6,
         )
-        clash = first_overlap(spec.subnet, taken)
-        if clash:
+        if spec.subnet6 is not None and firewall_backend == "iptables":
             raise ConflictError(
                 f"creating network {name!r}",
-                f"{spec.subnet} overlaps {clash[0]} ({clash[1]})",
-                "choose another --subnet",
+                "IPv6 needs the nftables backend (python-iptables drives one address family per process)",
+                "set NSRUN_FIREWALL=nftables",
             )
+        for own in (spec.subnet, spec.subnet6):
+            clash = first_overlap(own, taken) if own is not None else None
+            if clash:
+                raise ConflictError(
+                    f"creating network {name!r}", f"{own} overlaps {clash[0]} ({clash[1]})", "choose another --subnet"
+                )
         if check is not None:
             check(spec)
         user = next((other.name for other in store.all() if other.bridge == spec.bridge), None)
@@ -169,11 +175,20 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
     backend installed is moved to the wanted one, so its record always names where its rules are.
     Returns the bridge's index and the (possibly updated) network."""
     check_subnet_still_free(ipr, spec)
-    index = netlink.ensure_bridge(ipr, spec.bridge, spec.gateway, spec.subnet)
+    addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = [(spec.gateway, spec.subnet.prefixlen)]
+    if spec.subnet6 is not None and spec.gateway6 is not None:
+        addresses.append((spec.gateway6, spec.subnet6.prefixlen))
+    index = netlink.ensure_bridge(ipr, spec.bridge, addresses)
     if not spec.internal:
-        sysctl.ensure_ip_forward()
+        sysctl.ensure_ip_forward(ipv6=spec.subnet6 is not None)
         sysctl.enable_route_localnet(spec.bridge)
     wanted = _wanted_backend(spec.firewall)
+    if spec.subnet6 is not None and wanted == "iptables":
+        raise ConflictError(
+            f"network {spec.name!r}",
+            "it is dual-stack, and IPv6 needs the nftables backend",
+            "set NSRUN_FIREWALL=nftables",
+        )
     if wanted != spec.firewall:
         firewall.teardown_network_firewall(spec.firewall, spec.rules)
         spec = dataclasses.replace(spec, firewall=wanted)

@@ -31,6 +31,7 @@ class NetworkRequest:
 
     name: str
     subnet: ipaddress.IPv4Network | None = None
+    subnet6: ipaddress.IPv6Network | None = None
     gateway: ipaddress.IPv4Address | None = None
     bridge: str | None = None
     mtu: int | None = None
@@ -46,6 +47,7 @@ class NetworkSpec:
     firewall: str
     mtu: int | None = None  # None: the MTU of the host's default-route interface, read at each launch
     internal: bool = False  # no route out, no NAT
+    subnet6: ipaddress.IPv6Network | None = None  # dual-stack: a sandbox's IPv6 address mirrors its IPv4 one
 
     @property
     def pool(self) -> AddressPool:
@@ -53,7 +55,18 @@ class NetworkSpec:
 
     @property
     def rules(self) -> NetworkRules:
-        return network_rules(self.name, self.bridge, self.subnet, internal=self.internal)
+        return network_rules(self.name, self.bridge, self.subnet, internal=self.internal, subnet6=self.subnet6)
+
+    def address6_for(self, address: ipaddress.IPv4Address) -> ipaddress.IPv6Address | None:
+        """The IPv6 address at the same host index as `address`: unique because the IPv4 lease is,
+        so dual-stack needs no second pool."""
+        if self.subnet6 is None:
+            return None
+        return self.subnet6.network_address + (int(address) - int(self.subnet.network_address))
+
+    @property
+    def gateway6(self) -> ipaddress.IPv6Address | None:
+        return self.address6_for(self.gateway)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +77,8 @@ class NetworkSpec:
             "firewall": self.firewall,
             "mtu": self.mtu,
             "internal": self.internal,
+            "subnet6": str(self.subnet6) if self.subnet6 else None,
+            "gateway6": str(self.gateway6) if self.gateway6 else None,
         }
 
     def to_json(self) -> str:
@@ -80,6 +95,7 @@ class NetworkSpec:
             firewall=data["firewall"],
             mtu=data.get("mtu"),
             internal=bool(data.get("internal", False)),
+            subnet6=ipaddress.IPv6Network(data["subnet6"]) if data.get("subnet6") else None,
         )
 
 
@@ -92,6 +108,7 @@ def make_spec(
     bridge: str | None = None,
     mtu: int | None = None,
     internal: bool = False,
+    subnet6: ipaddress.IPv6Network | None = None,
 ) -> NetworkSpec:
     validate_name(name)
     if gateway is None:
@@ -103,7 +120,13 @@ def make_spec(
     if mtu is not None:
         validate_mtu(mtu)
     bridge_name = validate_ifname(bridge or bridge_name_for(name))
-    return NetworkSpec(name, subnet, gateway, bridge_name, firewall, mtu, internal)
+    if subnet6 is not None and subnet6.num_addresses < subnet.num_addresses:
+        raise UsageError(
+            f"invalid --subnet {subnet6}",
+            f"it is smaller than {subnet}: every sandbox needs an IPv6 address too",
+            "use a /64",
+        )
+    return NetworkSpec(name, subnet, gateway, bridge_name, firewall, mtu, internal, subnet6)
 
 
 def auto_subnet_candidates() -> Iterator[ipaddress.IPv4Network]:
@@ -111,11 +134,12 @@ def auto_subnet_candidates() -> Iterator[ipaddress.IPv4Network]:
         yield from ipaddress.IPv4Network(block).subnets(new_prefix=AUTO_PREFIXLEN)
 
 
-def first_overlap(
-    subnet: ipaddress.IPv4Network, taken: Iterable[tuple[ipaddress.IPv4Network, str]]
-) -> tuple[ipaddress.IPv4Network, str] | None:
-    """The first (network, owner) in `taken` that overlaps `subnet`."""
+AnyNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def first_overlap(subnet: AnyNetwork, taken: Iterable[tuple[AnyNetwork, str]]) -> tuple[AnyNetwork, str] | None:
+    """The first (network, owner) in `taken` of the same IP version that overlaps `subnet`."""
     for network, owner in taken:
-        if subnet.overlaps(network):
+        if network.version == subnet.version and subnet.overlaps(network):
             return network, owner
     return None

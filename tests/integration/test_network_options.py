@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -87,3 +88,64 @@ def test_subnet_is_rechecked_against_host_routes_at_each_launch(world: World) ->
     assert "now overlaps" in result.stderr
     assert result.stderr.count("\n") == 1
     assert not [n for n in world.links() if n.startswith("nsv")]
+
+
+PEER_SERVER6 = """
+import socket, sys
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(8)
+print("listening", flush=True)
+while True:
+    c, a = s.accept(); c.sendall((a[0] + "\\n").encode()); c.close()
+"""
+# binds the sandbox's own IPv6 address right away (a tentative address would refuse), then connects out
+DUAL_CLIENT = """
+import socket, subprocess, sys
+mine = subprocess.run(["ip", "-6", "-o", "addr", "show", "eth0", "scope", "global"], capture_output=True, text=True)
+address = mine.stdout.split()[3].split("/")[0]
+probe = socket.socket(socket.AF_INET6); probe.bind((address, 0)); probe.close()
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+print(address, s.recv(100).decode().strip())
+"""
+
+
+def test_dual_stack_network_reaches_an_ipv6_server_masqueraded(world: World, backend: str) -> None:
+    create = world.nsrun("network", "create", "dual", "--subnet", "10.130.0.0/24", "--subnet", "fd00:130::/64")
+    if backend == "iptables":
+        # python-iptables drives one address family per process: IPv6 needs the nftables backend
+        assert create.returncode == 125
+        assert "nftables" in create.stderr
+        return
+    assert create.returncode == 0, create.stderr
+    server = world.popen("ip", "netns", "exec", "wan", sys.executable, "-c", PEER_SERVER6, "2001:db8:ff::10", "8086")
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "listening"
+    result = world.nsrun("--network", "dual", "--", sys.executable, "-c", DUAL_CLIENT, "2001:db8:ff::10", "8086")
+    assert result.returncode == 0, result.stderr
+    address, seen = result.stdout.split()
+    assert ipaddress.IPv6Address(address) in ipaddress.IPv6Network("fd00:130::/64")
+    assert seen == "2001:db8:ff::1"  # masqueraded as the host's uplink
+    world.wan_server()
+    v4 = world.nsrun("--network", "dual", "--", *world.client_argv())
+    assert v4.stdout.strip() == UPLINK_ADDRESS  # IPv4 still works beside it
+    spec = json.loads(world.nsrun("network", "inspect", "dual").stdout)
+    assert spec["subnet6"] == "fd00:130::/64"
+    assert spec["gateway6"] == "fd00:130::1"
+
+
+@pytest.mark.parametrize(
+    "subnets",
+    [
+        pytest.param(["fd00:1::/64", "fd00:2::/64"], id="two-ipv6"),
+        pytest.param(["10.9.0.0/24", "10.10.0.0/24"], id="two-ipv4"),
+        pytest.param(["10.9.0.0/24", "fe80::/64"], id="link-local"),
+        pytest.param(["10.9.0.0/16", "fd00:1::/120"], id="ipv6-smaller-than-ipv4"),
+    ],
+)
+def test_bad_dual_stack_subnets(world: World, subnets: list[str]) -> None:
+    before = world.snapshot()
+    args = [arg for subnet in subnets for arg in ("--subnet", subnet)]
+    result = world.nsrun("network", "create", "x", *args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert world.snapshot() == before

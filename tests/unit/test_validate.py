@@ -36,13 +36,18 @@ def test_parse_address_accepts() -> None:
         pytest.param("10.0.0.1/24", id="host-bits-set"),
         pytest.param("10.0.0.0/31", id="no-room"),
         pytest.param("127.0.0.0/8", id="loopback"),
-        pytest.param("fd00::/64", id="ipv6"),
+        pytest.param("fe80::/64", id="ipv6-link-local"),
+        pytest.param("fd00::/124", id="ipv6-too-small"),
         pytest.param("garbage", id="garbage"),
     ],
 )
 def test_parse_subnet_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_subnet(text)
+
+
+def test_parse_subnet_accepts_an_ipv6_prefix_for_dual_stack() -> None:
+    assert parse_subnet("fd00:130::/64").version == 6
 
 
 def test_parse_subnet_accepts_a_30() -> None:
