@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -162,7 +162,3 @@ class Registry:
         partial = self.directory / f".{record.sandbox_id}.json"
         partial.write_text(record.to_json())
         partial.replace(self.directory / f"{record.sandbox_id}.json")
-
-
-def with_child(record: SandboxRecord, pid: int) -> SandboxRecord:
-    return replace(record, child_pid=pid)

@@ -172,7 +172,7 @@ class Sandbox:
 
     @property
     def hostname(self) -> str:
-        return self.request.hostname or (self.request.name or f"nsrun-{self.sandbox_id}")
+        return self.request.hostname or self.name
 
     # -- lifecycle -----------------------------------------------------------------------------
 

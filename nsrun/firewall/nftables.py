@@ -147,14 +147,6 @@ class NftablesBackend:
         if commands:
             self._run(commands, "removing published ports")
 
-    def published(self) -> list[str]:
-        """Sandbox ids with port rules here."""
-        items = self._list(
-            {"list": {"table": {"family": FAMILY, "name": TABLE}}}, "reading table inet nsrun", missing_ok=True
-        )
-        comments = {str(r.get("comment", "")) for item in items if (r := item.get("rule"))}
-        return sorted(c.removeprefix(SANDBOX_COMMENT_PREFIX) for c in comments if c.startswith(SANDBOX_COMMENT_PREFIX))
-
     def teardown_network(self, rules: NetworkRules) -> None:
         listing = self._listing(rules)
         commands = [_delete_rule(FAMILY, TABLE, c, h) for c in _NETWORK_BASE_CHAINS for h in listing.rules.get(c, [])]
