@@ -278,7 +278,7 @@ class Sandbox:
             name=self.name,
             pid=pid,
             start_time=liveness.start_time(pid),
-            network=self.request.network if self.request.net is NetMode.BRIDGE else self.request.net.value,
+            network=self._network_label(),
             command=self.request.argv,
             created=time.time(),
             netns_name=self.request.name if self.request.name and self.request.owns_netns else None,
@@ -297,6 +297,13 @@ class Sandbox:
         # closed before the record goes, so a port is never both unlisted and still held
         for sock in held:
             self._step("releasing a published host port", sock.close)
+
+    def _network_label(self) -> str:
+        if self.request.net is NetMode.BRIDGE:
+            return self.request.network
+        if self.request.net is NetMode.SANDBOX:
+            return f"{JOIN_PREFIX}{self.request.join}"
+        return self.request.net.value
 
     def _reserve_ports(self, live: list[SandboxRecord]) -> list[socket.socket]:
         """Under the registry's lock: no live sandbox publishes these host ports, and no host

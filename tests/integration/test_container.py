@@ -137,6 +137,7 @@ def test_env_and_workdir(world: World, tmp_path: Path) -> None:
 
 
 def test_net_sandbox_joins_a_running_sandbox(world: World, tmp_path: Path) -> None:
+    nsrun_ls = [sys.executable, "-m", "nsrun", "ls", "--json"]  # run from inside the joiner itself
     ready = tmp_path / "ready"
     first = world.nsrun_popen("--name", "first", "--", "sh", "-c", f"touch {ready}; exec sleep 300")
     world.wait_for(ready.exists, what="sandbox start")
@@ -145,6 +146,10 @@ def test_net_sandbox_joins_a_running_sandbox(world: World, tmp_path: Path) -> No
     joined = world.nsrun("--net", "sandbox:first", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert joined.returncode == 0, joined.stderr
     assert joined.stdout.split()[3] == own
+    listed = world.nsrun("--net", "sandbox:first", "--name", "second", "--", *nsrun_ls)
+    assert listed.returncode == 0, listed.stderr
+    networks = {entry["name"]: entry["network"] for entry in json.loads(listed.stdout)}
+    assert networks == {"first": "nsrun", "second": "sandbox:first"}
     first.terminate()
     first.wait(timeout=10)
 
