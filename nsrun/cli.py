@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -242,7 +243,7 @@ def network_create(
         validate_ifname(bridge)
     if mtu is not None:
         validate_mtu(mtu)
-    with _closing(_host()) as ipr:
+    with contextlib.closing(_host()) as ipr:
         request = NetworkRequest(
             name,
             subnet=parsed_subnet,
@@ -265,7 +266,7 @@ def network_ls() -> None:
 
     dirs = StateDirs()
     rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "FIREWALL", "MTU", "INTERNAL", "SANDBOXES")]
-    with _closing(_host()) as ipr:
+    with contextlib.closing(_host()) as ipr:
         for spec in NetworkStore(dirs.networks).all():
             users = len(manager.live_leases(dirs, ipr, spec.name))
             mtu = str(spec.mtu or "uplink")
@@ -273,6 +274,10 @@ def network_ls() -> None:
             rows.append(
                 (spec.name, str(spec.subnet), str(spec.gateway), spec.bridge, spec.firewall, mtu, internal, str(users))
             )
+    _print_table(rows)
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -292,7 +297,7 @@ def network_inspect(name: Annotated[str, typer.Argument(help="Network name.")]) 
     spec = NetworkStore(dirs.networks).get(name)
     if spec is None:
         raise NotFoundError(f"network {name!r}", "no such network", "see `nsrun network ls`")
-    with _closing(_host()) as ipr:
+    with contextlib.closing(_host()) as ipr:
         leases = manager.live_leases(dirs, ipr, name)
     data = spec.to_dict() | {"sandboxes": [asdict(lease) for lease in leases]}
     typer.echo(json.dumps(data, indent=2))
@@ -304,7 +309,7 @@ def network_rm(name: Annotated[str, typer.Argument(help="Network name.")]) -> No
     from nsrun.networks import manager
     from nsrun.paths import StateDirs
 
-    with _closing(_host()) as ipr:
+    with contextlib.closing(_host()) as ipr:
         manager.remove_network(StateDirs(), ipr, name)
     typer.echo(name)
 
@@ -331,9 +336,7 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
         pid = str(r.child_pid or r.pid)
         ports = ",".join(str(parse_publish(spec)) for spec in r.ports) or "-"
         rows.append((r.name, pid, r.network, ",".join(r.addresses) or "-", ports, command, age))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
 
 
 def _age(seconds: float) -> str:
@@ -379,17 +382,6 @@ def doctor(
 
 
 # -- entry point ----------------------------------------------------------------------------------
-
-
-class _closing:  # noqa: N801  # reads like contextlib.closing
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    def __enter__(self) -> Any:
-        return self.handle
-
-    def __exit__(self, *_: object) -> None:
-        self.handle.close()
 
 
 def _print_error(err: BaseException, *, prefix: str = "") -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from nsrun.errors import ConflictError, NotFoundError, NsrunError
 from nsrun.paths import flocked
@@ -37,7 +37,6 @@ class SandboxRecord:
     addresses: tuple[str, ...] = ()
     ports: tuple[str, ...] = ()
     netns_name: str | None = None  # the name under /run/netns, while one is bound
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -113,7 +112,7 @@ class Registry:
 
     # -- the netns name `ip netns exec` uses ------------------------------------------------------
 
-    def bind_netns(self, record: SandboxRecord, netns_path: str) -> SandboxRecord:
+    def bind_netns(self, record: SandboxRecord, netns_path: str) -> None:
         from nsrun.process import namespaces
 
         assert record.netns_name is not None  # noqa: S101  # only named sandboxes get one
@@ -125,7 +124,6 @@ class Registry:
         except OSError as err:
             target.unlink(missing_ok=True)
             raise NsrunError(f"naming the sandbox's namespace {target}", str(err)) from err
-        return record
 
     def unbind_netns(self, record: SandboxRecord) -> None:
         from nsrun.process import namespaces

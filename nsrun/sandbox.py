@@ -79,6 +79,10 @@ class SandboxRequest:
     join: str | None = None  # with --net sandbox:NAME
     publish: tuple[PortMapping, ...] = ()
 
+    def environment(self) -> dict[str, str]:
+        """nsrun's own environment, then --user's HOME/USER/LOGNAME, then every --env."""
+        return dict(os.environ) | dict(self.user_env) | dict(self.env)
+
     @property
     def owns_netns(self) -> bool:
         return self.net in (NetMode.BRIDGE, NetMode.NONE)
@@ -214,7 +218,7 @@ class Sandbox:
 
         supervisor = supervisor or Supervisor()
         try:
-            process = supervisor.spawn(self.request.argv, self.child_plan(), env=self.environment())
+            process = supervisor.spawn(self.request.argv, self.child_plan(), env=self.request.environment())
             self._announce(process.pid)
             return supervisor.wait()
         finally:
@@ -245,12 +249,6 @@ class Sandbox:
             credentials=self.request.credentials,
             workdir=self.request.workdir,
         )
-
-    def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(dict(self.request.user_env))
-        env.update(dict(self.request.env))
-        return env
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -511,10 +509,9 @@ def exec_in(  # one keyword per CLI option
             workdir=request.workdir,
         )
         supervisor = Supervisor()
-        env_vars = dict(os.environ) | dict(request.user_env) | dict(request.env)
         with supervisor.handling_signals():
             try:
-                supervisor.spawn(request.argv, plan, env=env_vars)
+                supervisor.spawn(request.argv, plan, env=request.environment())
                 return supervisor.wait()
             finally:
                 supervisor.reap_leftovers()

@@ -158,8 +158,8 @@ def parse_publish(text: str) -> PortMapping:
     if not (0 < host_port <= MAX_PORT and 0 < port <= MAX_PORT):
         raise UsageError(f"invalid -p {text!r}", f"ports must be between 1 and {MAX_PORT}")
     host_ip = parse_address(match["ip"], option="-p host address") if match["ip"] else None
-    if host_ip is not None and (host_ip.is_multicast or host_ip.is_unspecified):
-        host_ip = None if host_ip.is_unspecified else host_ip
-        if host_ip is not None:
-            raise UsageError(f"invalid -p {text!r}", "the host address is a multicast address")
+    if host_ip is not None and host_ip.is_multicast:
+        raise UsageError(f"invalid -p {text!r}", "the host address is a multicast address")
+    if host_ip is not None and host_ip.is_unspecified:
+        host_ip = None  # 0.0.0.0: every host address, as without one
     return PortMapping(host_port, port, match["proto"] or "tcp", host_ip)

@@ -22,19 +22,19 @@ __all__ = [
 ]
 
 
-def _worlds(backend: str) -> list[ForwardCoexistence]:
+def _worlds(*, with_legacy: bool) -> list[ForwardCoexistence]:
     """The rulesets where another tool may drop forwarded traffic nsrun must let through.
 
     nf_tables is always checked: a drop in any base chain on the hook is final, whatever nsrun's
-    own backend. The legacy tables only when nsrun's backend is not iptables: there nsrun's own
-    chain, jumped to first, already accepts.
+    own backend. The legacy tables only `with_legacy`: under the iptables backend nsrun's own chain,
+    jumped to first, already accepts there.
     """
     worlds: list[ForwardCoexistence] = []
     with contextlib.suppress(NsrunError):
         from nsrun.firewall.nftables import NftablesBackend
 
         worlds.append(NftablesBackend())
-    if backend != "iptables":
+    if with_legacy:
         from nsrun.firewall.iptables import legacy_filter_in_use
 
         if legacy_filter_in_use():
@@ -49,7 +49,7 @@ def ensure_network_firewall(backend: str, rules: NetworkRules) -> bool:
     if backend == "none":
         return False
     changed = open_backend(backend).ensure_network(rules)
-    for world in _worlds(backend):
+    for world in _worlds(with_legacy=backend != "iptables"):
         for chain in world.foreign_drops():
             changed = world.ensure_accepts(rules, chain) or changed
     return changed
@@ -58,14 +58,16 @@ def ensure_network_firewall(backend: str, rules: NetworkRules) -> bool:
 def teardown_network_firewall(backend: str, rules: NetworkRules) -> None:
     if backend != "none":
         open_backend(backend).teardown_network(rules)
-    for world in _worlds("all"):
+    for world in _worlds(with_legacy=True):
         world.remove_accepts(rules)
 
 
 def coexistence_status(backend: str, rules: NetworkRules) -> list[tuple[ForeignChain, bool]]:
     """Each foreign dropping chain and whether this network's accepts are in it."""
     return [
-        (chain, world.accepts_in_place(rules, chain)) for world in _worlds(backend) for chain in world.foreign_drops()
+        (chain, world.accepts_in_place(rules, chain))
+        for world in _worlds(with_legacy=backend != "iptables")
+        for chain in world.foreign_drops()
     ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -50,8 +51,6 @@ def _fail(action: str, err: NetlinkError, fix: str | None = None) -> NsrunError:
 
 
 def os_error_text(code: int) -> str:
-    import os
-
     return os.strerror(code).lower()
 
 
