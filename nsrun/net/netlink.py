@@ -214,15 +214,20 @@ class HostRoute:
 def host_routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[HostRoute]:
     """Every prefix of `family` the host routes or owns (default, link-local and multicast routes
     excepted), with its interface."""
-    names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
-    found: set[HostRoute] = set()
+    # Links are listed last: a bridge another launch creates meanwhile must be named as ours, not
+    # as an unknown interface; a prefix whose link vanished meanwhile went with it.
+    by_index: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, int | None]] = []
     for route in ipr.route("dump", family=family):
         if route.get("table") != _MAIN_TABLE or route["dst_len"] == 0 or route.get("dst") is None:
             continue
         network = ipaddress.ip_network(f"{route.get('dst')}/{route['dst_len']}", strict=False)
-        found.add(HostRoute(network, names.get(route.get("oif"), "?")))
+        by_index.append((network, route.get("oif")))
     for addr in ipr.addr("dump", family=family):
         network = ipaddress.ip_network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False)
-        found.add(HostRoute(network, names.get(addr["index"], "?")))
+        by_index.append((network, addr["index"]))
+    names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
+    found = {
+        HostRoute(network, names.get(index, "?")) for network, index in by_index if index is None or index in names
+    }
     kept = [r for r in found if not (r.network.is_link_local or r.network.is_multicast)]
     return sorted(kept, key=lambda r: (int(r.network.network_address), r.network.prefixlen))
