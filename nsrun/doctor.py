@@ -260,7 +260,7 @@ def _overlaps(ipr: IPRoute, networks: list[NetworkSpec]) -> Iterator[Check]:
     from nsrun.networks.spec import first_overlap
 
     ours = {spec.bridge for spec in networks}
-    routes = [(r.network, f"host route via {r.ifname}") for r in netlink.host_routes(ipr) if r.ifname not in ours]
+    routes = [(r.network, r.label) for r in netlink.host_routes(ipr) if r.ifname not in ours]
     for spec in networks:
         clash = first_overlap(spec.subnet, routes)
         if clash:

@@ -208,7 +208,11 @@ def default_route_mtu(ipr: IPRoute) -> int | None:
 @dataclass(frozen=True)
 class HostRoute:
     network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    ifname: str
+    ifname: str  # empty for routes without one interface (blackhole, unreachable, multipath)
+
+    @property
+    def label(self) -> str:
+        return f"host route via {self.ifname}" if self.ifname else "host route"
 
 
 def host_routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[HostRoute]:
@@ -226,8 +230,6 @@ def host_routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[HostRoute]:
         network = ipaddress.ip_network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False)
         by_index.append((network, addr["index"]))
     names = {m["index"]: m.get("ifname") for m in ipr.link("dump")}
-    found = {
-        HostRoute(network, names.get(index, "?")) for network, index in by_index if index is None or index in names
-    }
+    found = {HostRoute(network, names.get(index, "")) for network, index in by_index if index is None or index in names}
     kept = [r for r in found if not (r.network.is_link_local or r.network.is_multicast)]
     return sorted(kept, key=lambda r: (int(r.network.network_address), r.network.prefixlen))

@@ -53,7 +53,7 @@ def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None
             taken += [(subnet, f"nsrun network {spec.name!r}") for subnet in (spec.subnet, spec.subnet6) if subnet]
     ours = {spec.bridge for spec in store.all()}
     routes = netlink.host_routes(ipr) + netlink.host_routes(ipr, socket.AF_INET6)
-    taken += [(route.network, f"host route via {route.ifname}") for route in routes if route.ifname not in ours]
+    taken += [(route.network, route.label) for route in routes if route.ifname not in ours]
     return taken
 
 
@@ -151,7 +151,7 @@ def ensure_loaded(dirs: StateDirs, spec: NetworkSpec) -> None:
 def check_subnet_still_free(ipr: IPRoute, spec: NetworkSpec) -> None:
     """A route that appeared since the network was created (a VPN came up) would take part of the
     sandboxes' traffic, or theirs would shadow it: refuse rather than misroute."""
-    routes = [(r.network, f"host route via {r.ifname}") for r in netlink.host_routes(ipr) if r.ifname != spec.bridge]
+    routes = [(r.network, r.label) for r in netlink.host_routes(ipr) if r.ifname != spec.bridge]
     clash = first_overlap(spec.subnet, routes)
     if clash:
         raise ConflictError(
