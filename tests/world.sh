@@ -6,7 +6,11 @@
 # the real machine's network, firewall or state. It prints "ready" and sleeps until killed.
 set -euo pipefail
 mount -t tmpfs world /run
-mkdir -p /run/netns /run/nsrun /var/lib/nsrun
+mkdir -p /run/netns /run/nsrun /run/world/upper /run/world/work
+# /var/lib through a private overlay, so that not even the mount point /var/lib/nsrun is created on
+# the real machine; then a tmpfs hides whatever state the real machine's nsrun keeps there.
+mount -t overlay world -o lowerdir=/var/lib,upperdir=/run/world/upper,workdir=/run/world/work /var/lib
+mkdir -p /var/lib/nsrun
 mount -t tmpfs world /var/lib/nsrun
 ip link set lo up
 ip netns add wan
