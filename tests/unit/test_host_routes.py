@@ -26,6 +26,7 @@ class _RacingIPRoute:
             {"table": _MAIN, "dst": "10.200.0.0", "dst_len": 24, "oif": 7},
             {"table": _MAIN, "dst": "10.9.0.0", "dst_len": 16, "oif": 9},
             {"table": _MAIN, "dst": "192.0.2.0", "dst_len": 24, "oif": 2},
+            {"table": _MAIN, "dst": "198.51.100.0", "dst_len": 24},  # blackhole: no interface
         ]
 
     def addr(self, _cmd: str, family: int) -> list[dict[str, Any]]:
@@ -39,10 +40,11 @@ class _RacingIPRoute:
         return links
 
 
-def test_a_bridge_created_between_dumps_is_named_and_a_vanished_link_is_dropped() -> None:
+def test_a_bridge_created_between_dumps_is_named_a_vanished_link_dropped_a_blackhole_kept() -> None:
     routes = netlink.host_routes(_RacingIPRoute())  # type: ignore[arg-type]
-    assert [(str(r.network), r.ifname) for r in routes] == [
-        ("10.200.0.0/24", "nsrun0"),
-        ("192.0.2.0/24", "uplink"),
+    assert [(str(r.network), r.label) for r in routes] == [
+        ("10.200.0.0/24", "host route via nsrun0"),
+        ("192.0.2.0/24", "host route via uplink"),
+        ("198.51.100.0/24", "host route"),
     ]
     assert all(isinstance(r.network, ipaddress.IPv4Network) for r in routes)
