@@ -1,59 +1,82 @@
-"""Network definitions on disk: /var/lib/nsrun/networks/<name>.json, written atomically."""
+"""Network definitions on disk: /var/lib/nsrun/networks/<name>.json, written atomically and
+durably, each read back validated: one corrupt file names itself and blocks nothing else."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
-from nsrun.errors import NsrunError
 from nsrun.networks.spec import NetworkSpec
+from nsrun.state import files
+from nsrun.state.schema import NAME_RE, CorruptStateError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 __all__ = ["NetworkStore"]
 
+_SUFFIX = ".json"
+
 
 class NetworkStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, root: Path | None = None) -> None:
         self.directory = directory
+        self._root = root or directory
 
     def get(self, name: str) -> NetworkSpec | None:
+        """The definition, None if there is none; CorruptStateError if it cannot be used."""
         path = self._path(name)
-        try:
-            return NetworkSpec.from_json(path.read_text())
-        except FileNotFoundError:
+        text = files.read_file(path)
+        if text is None:
             return None
-        except (ValueError, KeyError) as err:
-            raise NsrunError(f"reading network {name!r}", f"{path} is corrupt: {err}", f"fix or remove {path}") from err
+        spec = NetworkSpec.from_json(text, path)
+        if spec.name != name:
+            raise CorruptStateError(path, f"it defines network {spec.name!r}, not {name!r}", f"fix or remove {path}")
+        return spec
 
-    def all(self) -> list[NetworkSpec]:
+    def names(self) -> list[str]:
         if not self.directory.is_dir():
             return []
-        names = sorted(p.stem for p in self.directory.glob("*.json"))
-        return [spec for name in names if (spec := self.get(name)) is not None]
+        return sorted(
+            entry[: -len(_SUFFIX)]
+            for entry in os.listdir(self.directory)
+            if entry.endswith(_SUFFIX) and NAME_RE.fullmatch(entry[: -len(_SUFFIX)])
+        )
+
+    def all(self) -> list[NetworkSpec]:
+        """Every usable definition; the corrupt ones are listed by `corrupt()`."""
+        return [item for item in self._scan() if isinstance(item, NetworkSpec)]
+
+    def corrupt(self) -> list[CorruptStateError]:
+        return [item for item in self._scan() if isinstance(item, CorruptStateError)]
+
+    def _scan(self) -> list[NetworkSpec | CorruptStateError]:
+        found: list[NetworkSpec | CorruptStateError] = []
+        for name in self.names():
+            try:
+                spec = self.get(name)
+            except CorruptStateError as err:
+                found.append(err)
+                continue
+            except files.StateError as err:
+                found.append(CorruptStateError(self._path(name), err.why))
+                continue
+            if spec is not None:
+                found.append(spec)
+        return found
 
     def add(self, spec: NetworkSpec) -> bool:
         """Write a new definition; False if one of that name exists. Never seen half-written."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        partial = self.directory / f".{spec.name}.{os.getpid()}"
-        partial.write_text(spec.to_json())
-        try:
-            os.link(partial, self._path(spec.name))
-        except FileExistsError:
-            return False
-        finally:
-            partial.unlink(missing_ok=True)
-        return True
+        files.ensure_dir(self.directory, root=self._root)
+        return files.create_exclusive(self._path(spec.name), spec.to_json(), durable=True)
 
     def replace(self, spec: NetworkSpec) -> None:
         """Overwrite an existing definition atomically (write aside, rename over)."""
-        partial = self.directory / f".{spec.name}.{os.getpid()}"
-        partial.write_text(spec.to_json())
-        partial.replace(self._path(spec.name))
+        files.ensure_dir(self.directory, root=self._root)
+        files.write_file(self._path(spec.name), spec.to_json(), durable=True)
 
     def remove(self, name: str) -> None:
-        self._path(name).unlink(missing_ok=True)
+        files.remove_file(self._path(name))
 
     def _path(self, name: str) -> Path:
-        return self.directory / f"{name}.json"
+        return self.directory / f"{name}{_SUFFIX}"

@@ -18,9 +18,16 @@ NET = ipaddress.IPv4Network("10.0.0.0/29")
 POOL = AddressPool(NET, A("10.0.0.1"))
 
 
+def sandbox_id(name: str) -> str:
+    """A valid sandbox id (12 hex digits) derived from a readable test name."""
+    return name.encode().hex()[:12].ljust(12, "0")
+
+
 def lease_for(sandbox: str, pid: int = 100) -> object:
+    ident = sandbox_id(sandbox)
+
     def make(address: ipaddress.IPv4Address) -> Lease:
-        return Lease(str(address), sandbox, pid, 1.0, f"nsv{sandbox}", 4026531840)
+        return Lease(str(address), ident, pid, 1.0, f"nsv{ident}", 4026531840)
 
     return make
 
@@ -30,7 +37,7 @@ def test_reserve_is_exclusive(tmp_path: Path) -> None:
     make_a, make_b = lease_for("a"), lease_for("b")
     assert store.reserve(make_a(A("10.0.0.2")))
     assert not store.reserve(make_b(A("10.0.0.2")))
-    assert store.get(A("10.0.0.2")).sandbox_id == "a"
+    assert store.get(A("10.0.0.2")).sandbox_id == sandbox_id("a")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -77,6 +84,6 @@ def test_reclaim_stale_releases_dead_holders_only(tmp_path: Path) -> None:
     reclaimed: list[str] = []
     count = reclaim_stale(store, lambda lease: lease.pid == 1, lambda lease: reclaimed.append(lease.sandbox_id))
     assert count == 1
-    assert reclaimed == ["dead"]
-    assert [lease.sandbox_id for lease in store.leases()] == ["live"]
+    assert reclaimed == [sandbox_id("dead")]
+    assert [lease.sandbox_id for lease in store.leases()] == [sandbox_id("live")]
     assert not (tmp_path / ".crashed.10.0.0.4").exists()

@@ -1,0 +1,282 @@
+"""Live sandboxes: one record each under /run/nsrun/sandboxes, for names, `ls`, `exec` and `stop`.
+
+A record names its holder (the sandbox's shim: pid and start time) like a lease does: a record
+whose holder died is stale, and whoever finds it undoes what it stood for (its `ip netns` name, its
+published ports, its files). It also says where the shim keeps the sandbox's namespaces (fd
+numbers and inodes), so `nsrun exec` enters exactly those, and with which identity and
+confinement the command runs, so what is exec'd runs the same way.
+
+Every record is validated before use: its id and name match nsrun's patterns, its file is named
+after its id, pids are pids; a corrupt record is reported (`corrupt()`), never acted on, and never
+blocks the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.errors import ConflictError, NotFoundError, NsrunError
+from nsrun.state import files
+from nsrun.state.locks import locked
+from nsrun.state.schema import ID_RE, NAME_RE, CorruptStateError, parse_json
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = ["NETNS_DIR", "Registry", "SandboxRecord"]
+
+NETNS_DIR: Final = Path("/run/netns")  # where `ip netns` looks for named namespaces
+_SUFFIX: Final = ".json"
+_NETWORK_RE: Final = re.compile(rf"(sandbox:)?{NAME_RE.pattern}|none|host")
+_NS_KINDS: Final = ("net", "uts", "ipc", "pid", "mnt")
+_MAX_FD: Final = 1 << 20
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    sandbox_id: str
+    name: str
+    pid: int  # the holder: the sandbox's shim
+    start_time: float
+    pidns: int  # the PID namespace of `pid` (and of init_pid and child_pid)
+    network: str
+    command: tuple[str, ...]
+    created: float
+    init_pid: int | None = None  # PID 1 of the sandbox's PID namespace, as the host sees it
+    child_pid: int | None = None  # the command, as the host sees it
+    addresses: tuple[str, ...] = ()
+    ports: tuple[str, ...] = ()
+    netns_name: str | None = None  # the name under /run/netns, while one is bound
+    # kind -> (fd in the holder, inode): the namespaces `nsrun exec` enters
+    namespaces: dict[str, tuple[int, int]] = field(default_factory=dict)
+    uid: int = 0
+    gid: int = 0
+    groups: tuple[int, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    caps: int = 0
+    no_new_privs: bool = True
+    seccomp: bool = True
+    privileged: bool = False
+    hostname: str = ""
+    cwd: str = "/"
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["namespaces"] = {kind: list(value) for kind, value in self.namespaces.items()}
+        data["env"] = [list(pair) for pair in self.env]
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | str = "record") -> SandboxRecord:
+        fields = parse_json(text, path)
+        namespaces: dict[str, tuple[int, int]] = {}
+        for kind, value in fields.mapping("namespaces").items():
+            ok = (
+                kind in _NS_KINDS
+                and isinstance(value, list)
+                and len(value) == 2  # noqa: PLR2004  # (fd, inode)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+                and value[0] < _MAX_FD
+            )
+            if not ok:
+                raise CorruptStateError(path, f"namespace entry {kind!r} is not (fd, inode)")
+            namespaces[kind] = (value[0], value[1])
+        netns_name = fields.optional_text("netns_name", NAME_RE)
+        return cls(
+            sandbox_id=fields.text("sandbox_id", ID_RE),
+            name=fields.text("name", NAME_RE),
+            pid=fields.pid("pid"),
+            start_time=fields.number("start_time"),
+            pidns=fields.integer("pidns", default=0),
+            network=fields.text("network", _NETWORK_RE),
+            command=fields.texts("command"),
+            created=fields.number("created"),
+            init_pid=fields.optional_pid("init_pid"),
+            child_pid=fields.optional_pid("child_pid"),
+            addresses=fields.texts("addresses"),
+            ports=fields.texts("ports"),
+            netns_name=netns_name,
+            namespaces=namespaces,
+            uid=fields.integer("uid", default=0),
+            gid=fields.integer("gid", default=0),
+            groups=fields.integers("groups"),
+            env=fields.pairs("env"),
+            caps=fields.integer("caps", default=0),
+            no_new_privs=fields.flag("no_new_privs", default=True),
+            seccomp=fields.flag("seccomp", default=True),
+            privileged=fields.flag("privileged"),
+            hostname=fields.text("hostname", default=""),
+            cwd=fields.text("cwd", default="/"),
+        )
+
+
+class Registry:
+    def __init__(
+        self,
+        directory: Path,
+        netns_dir: Path = NETNS_DIR,
+        on_stale: Callable[[SandboxRecord], None] | None = None,
+        root: Path | None = None,
+    ) -> None:
+        """`on_stale` undoes what a dead sandbox left beyond its record (its port rules)."""
+        self.directory = directory
+        self.netns_dir = netns_dir
+        self.on_stale = on_stale
+        self._root = root or directory
+        self._lock = directory.with_name(directory.name + ".lock")
+
+    def files(self, sandbox_id: str) -> Path:
+        """A private directory for the sandbox's generated files."""
+        if not ID_RE.fullmatch(sandbox_id):
+            raise ValueError(f"not a sandbox id: {sandbox_id!r}")
+        return self.directory / sandbox_id
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        files.ensure_dir(self.directory, root=self._root)
+        with locked(self._lock, "the sandbox registry lock"):
+            yield
+
+    def register(
+        self,
+        record: SandboxRecord,
+        is_stale: Callable[[SandboxRecord], bool],
+        check: Callable[[list[SandboxRecord]], None] | None = None,
+    ) -> None:
+        """Add the record; its name must be free among live sandboxes and under /run/netns, and
+        `check` (given the live records, under the same lock) must not raise."""
+        with self.locked():
+            live = self._sweep(is_stale)
+            if check is not None:
+                check(live)
+            holder = next((r for r in live if record.name in (r.name, r.sandbox_id)), None)
+            if holder is not None:
+                raise ConflictError(
+                    f"sandbox name {record.name!r}",
+                    f"already used by the sandbox of pid {holder.child_pid or holder.pid}",
+                    "choose another --name",
+                )
+            if record.netns_name and os.path.lexists(self.netns_dir / record.netns_name):
+                raise ConflictError(
+                    f"sandbox name {record.name!r}",
+                    f"a network namespace {self.netns_dir / record.netns_name} exists",
+                    "choose another --name, or remove it with `ip netns del`",
+                )
+            self._write(record)
+
+    def update(self, record: SandboxRecord) -> None:
+        with self.locked():
+            self._write(record)
+
+    def remove(self, record: SandboxRecord) -> None:
+        files.remove_file(self.directory / f"{record.sandbox_id}{_SUFFIX}")
+        files.remove_tree(self.files(record.sandbox_id))
+
+    def live(self, is_stale: Callable[[SandboxRecord], bool]) -> list[SandboxRecord]:
+        with self.locked():
+            return self._sweep(is_stale)
+
+    def corrupt(self) -> list[CorruptStateError]:
+        return [item for item in self._scan() if isinstance(item, CorruptStateError)]
+
+    def find(self, name: str, is_stale: Callable[[SandboxRecord], bool]) -> SandboxRecord:
+        for record in self.live(is_stale):
+            if name in (record.name, record.sandbox_id):
+                return record
+        raise NotFoundError(f"sandbox {name!r}", "no running sandbox has that name or id", "see `nsrun ls`")
+
+    # -- the netns name `ip netns exec` uses ------------------------------------------------------
+
+    def bind_netns(self, record: SandboxRecord, netns_path: str) -> None:
+        from nsrun.process import libc
+
+        if record.netns_name is None:
+            raise ValueError("only named sandboxes get a netns name")
+        target = self.netns_dir / record.netns_name
+        self.netns_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+        except FileExistsError as err:
+            raise ConflictError(
+                f"naming the sandbox's namespace {target}", "it exists", "choose another --name"
+            ) from err
+        os.close(fd)
+        try:
+            libc.mount(netns_path, str(target), None, libc.MS_BIND)
+        except OSError as err:
+            files.remove_file(target)
+            raise NsrunError(f"naming the sandbox's namespace {target}", str(err)) from err
+
+    def unbind_netns(self, record: SandboxRecord) -> None:
+        from nsrun.process import libc
+
+        if not record.netns_name:
+            return
+        target = self.netns_dir / record.netns_name
+        with contextlib.suppress(OSError):  # not mounted (any more): only the file is left
+            libc.umount(str(target))
+        files.remove_file(target)
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _scan(self) -> list[SandboxRecord | CorruptStateError]:
+        found: list[SandboxRecord | CorruptStateError] = []
+        if not self.directory.is_dir():
+            return found
+        for name in sorted(os.listdir(self.directory)):
+            sandbox_id = name.removesuffix(_SUFFIX)
+            if not name.endswith(_SUFFIX) or not ID_RE.fullmatch(sandbox_id):
+                continue
+            path = self.directory / name
+            try:
+                text = files.read_file(path)
+                if text is None:
+                    continue
+                record = SandboxRecord.from_json(text, path)
+            except CorruptStateError as err:
+                found.append(err)
+                continue
+            except files.StateError as err:
+                found.append(CorruptStateError(path, err.why))
+                continue
+            if record.sandbox_id != sandbox_id:
+                found.append(CorruptStateError(path, f"it describes sandbox {record.sandbox_id}, not {sandbox_id}"))
+                continue
+            found.append(record)
+        return found
+
+    def _sweep(self, is_stale: Callable[[SandboxRecord], bool]) -> list[SandboxRecord]:
+        """Live records; stale ones are reclaimed, half-written ones removed. Call locked."""
+        live: list[SandboxRecord] = []
+        if self.directory.is_dir():
+            for name in os.listdir(self.directory):
+                if files.is_partial(name):
+                    files.remove_file(self.directory / name)
+        for item in self._scan():
+            if not isinstance(item, SandboxRecord):
+                continue
+            if is_stale(item):
+                if self.on_stale is not None:
+                    self.on_stale(item)
+                self.unbind_netns(item)
+                self.remove(item)
+            else:
+                live.append(item)
+        return live
+
+    def _write(self, record: SandboxRecord) -> None:
+        files.write_file(self.directory / f"{record.sandbox_id}{_SUFFIX}", record.to_json())
+
+
+def record_data(record: SandboxRecord) -> dict[str, Any]:
+    """The record as `nsrun ls --json` shows it."""
+    data = asdict(record)
+    data.pop("env", None)  # may hold secrets given with -e
+    data["namespaces"] = {kind: value[1] for kind, value in record.namespaces.items()}
+    return data
