@@ -11,14 +11,16 @@ from nsrun.firewall.base import open_backend
 
 if TYPE_CHECKING:
     from nsrun.firewall.base import ForwardCoexistence
+    from nsrun.firewall.portguard import PortGuard
     from nsrun.firewall.rules import ForeignChain, NetworkRules, PortRules
 
 __all__ = [
     "coexistence_status",
     "ensure_network_firewall",
+    "guard_port",
     "publish_ports",
+    "remove_sandbox_rules",
     "teardown_network_firewall",
-    "unpublish_ports",
 ]
 
 
@@ -75,12 +77,30 @@ def publish_ports(backend: str, ports: PortRules) -> None:
     open_backend(backend).add_ports(ports)
 
 
-def unpublish_ports(sandbox_id: str) -> None:
-    """Remove a sandbox's port rules wherever they are: a stale sandbox's backend is not recorded."""
+def guard_port(backend: str, guard: PortGuard) -> bool:
+    """Filter what the sandbox sends into its bridge (nftables' bridge family, whatever the
+    network's backend: ebtables has no Python binding); False where nf_tables is unavailable."""
+    if backend == "none":
+        return False
+    from nsrun.firewall.nftables import NftablesBackend
+
+    try:
+        nft = NftablesBackend()
+    except NsrunError:
+        return False
+    nft.add_port_guard(guard)
+    return True
+
+
+def remove_sandbox_rules(sandbox_id: str) -> None:
+    """Remove a sandbox's own rules (published ports, its bridge-port filter) wherever they are:
+    a stale sandbox's backend is not recorded."""
     with contextlib.suppress(NsrunError):
         from nsrun.firewall.nftables import NftablesBackend
 
-        NftablesBackend().remove_ports(sandbox_id)
+        nft = NftablesBackend()
+        nft.remove_ports(sandbox_id)
+        nft.remove_port_guard(sandbox_id)
     from nsrun.firewall.iptables import legacy_table_in_use
 
     if legacy_table_in_use("nat"):

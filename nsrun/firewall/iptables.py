@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.rules import COMMENT_PREFIX, DOCKER_USER, SANDBOX_COMMENT_PREFIX, ForeignChain, Hook, accept_target
+from nsrun.firewall.rules import (
+    COMMENT_PREFIX,
+    DOCKER_USER,
+    IPV6,
+    SANDBOX_COMMENT_PREFIX,
+    ForeignChain,
+    Hook,
+    accept_target,
+)
 from nsrun.firewall.xtables_lock import xtables_lock
 
 if TYPE_CHECKING:
@@ -32,6 +40,7 @@ __all__ = ["FORWARD_CHAIN", "POSTROUTING_CHAIN", "IptablesBackend", "legacy_filt
 FORWARD_CHAIN: Final = "NSRUN-FORWARD"
 POSTROUTING_CHAIN: Final = "NSRUN-POSTROUTING"
 GUARD_CHAIN: Final = "NSRUN-PREROUTING"  # raw table
+INPUT_CHAIN: Final = "NSRUN-INPUT"  # filter table: what sandboxes may open on the host (--no-host-access)
 PORTS_CHAIN: Final = "NSRUN-PORTS"  # nat table, entered from PREROUTING and OUTPUT for local destinations
 PORTS_COMMENT: Final = "nsrun:ports"
 JUMP_COMMENT: Final = "nsrun"
@@ -100,6 +109,10 @@ def _load_iptc() -> ModuleType:
     return module
 
 
+def _v4(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    return tuple(rule for rule in rules if rule.family != IPV6)
+
+
 class IptablesBackend:
     name = "iptables"
 
@@ -108,24 +121,37 @@ class IptablesBackend:
 
     def ensure_network(self, rules: NetworkRules) -> bool:
         with self._errors(f"installing iptables rules of network {rules.network!r}"), xtables_lock():
-            changed = self._ensure(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules, (rules.inbound, rules.outbound))
-            changed = self._ensure(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules, ((), rules.nat)) or changed
-            return self._ensure(_RAW, Hook.PREROUTING, GUARD_CHAIN, rules, ((), rules.guard)) or changed
+            changed = False
+            for table, hook, chain, (head, tail) in self._layout(rules):
+                if chain == INPUT_CHAIN and not (head + tail):
+                    continue  # a network without --no-host-access needs no input chain
+                changed = self._ensure(table, hook, chain, rules, (head, tail)) or changed
+            return changed
 
     def teardown_network(self, rules: NetworkRules) -> None:
         with self._errors(f"removing iptables rules of network {rules.network!r}"), xtables_lock():
-            self._teardown(_FILTER, Hook.FORWARD, FORWARD_CHAIN, rules)
-            self._teardown(_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, rules)
-            self._teardown(_RAW, Hook.PREROUTING, GUARD_CHAIN, rules)
+            for table, hook, chain, _ in self._layout(rules):
+                self._teardown(table, hook, chain, rules)
 
     def network_present(self, rules: NetworkRules) -> bool:
         with self._errors(f"reading iptables rules of network {rules.network!r}"):
-            filter_table, nat_table, raw_table = self._table(_FILTER), self._table(_NAT), self._table(_RAW)
-            return (
-                self._in_place(filter_table, Hook.FORWARD, FORWARD_CHAIN, rules.inbound + rules.outbound, rules)
-                and self._in_place(nat_table, Hook.POSTROUTING, POSTROUTING_CHAIN, rules.nat, rules)
-                and self._in_place(raw_table, Hook.PREROUTING, GUARD_CHAIN, rules.guard, rules)
-            )
+            for table_name, hook, chain, (head, tail) in self._layout(rules):
+                if chain == INPUT_CHAIN and not (head + tail):
+                    continue
+                if not self._in_place(self._table(table_name), hook, chain, head + tail, rules):
+                    return False
+            return True
+
+    @staticmethod
+    def _layout(rules: NetworkRules) -> list[tuple[str, Hook, str, tuple[tuple[Rule, ...], tuple[Rule, ...]]]]:
+        """(table, hook, nsrun's chain, (rules at its head, rules at its tail)): IPv4 only, as
+        python-iptables drives one address family per process."""
+        return [
+            (_FILTER, Hook.FORWARD, FORWARD_CHAIN, (_v4(rules.inbound), _v4(rules.outbound))),
+            (_NAT, Hook.POSTROUTING, POSTROUTING_CHAIN, ((), _v4(rules.nat))),
+            (_RAW, Hook.PREROUTING, GUARD_CHAIN, ((), _v4(rules.guard))),
+            (_FILTER, Hook.INPUT, INPUT_CHAIN, ((), _v4(rules.host))),
+        ]
 
     # -- one sandbox's published ports ---------------------------------------------------------
 
@@ -220,6 +246,7 @@ class IptablesBackend:
             (_FILTER, (FORWARD_CHAIN, Hook.FORWARD.value, DOCKER_USER)),
             (_NAT, (POSTROUTING_CHAIN,)),
             (_RAW, (GUARD_CHAIN,)),
+            (_FILTER, (INPUT_CHAIN,)),
         )
         fixes: dict[str, list[str]] = {}
         with self._errors("reading the legacy rules"):
@@ -334,11 +361,11 @@ class IptablesBackend:
     def _render(self, rule: Rule) -> Any:
         out = self._iptc.Rule()
         if rule.in_iface:
-            out.in_interface = rule.in_iface
+            out.in_interface = ("!" if rule.in_iface_negated else "") + rule.in_iface
         if rule.out_iface:
             out.out_interface = ("!" if rule.out_iface_negated else "") + rule.out_iface
         if rule.source:
-            out.src = str(rule.source)
+            out.src = ("!" if rule.source_negated else "") + str(rule.source)
         if rule.destination:
             out.dst = str(rule.destination)
         if rule.dest_negated:

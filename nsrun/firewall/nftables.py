@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
+from nsrun.firewall.portguard import BRIDGE_FAMILY, BRIDGE_TABLE
+from nsrun.firewall.portguard import PREROUTING as PORTGUARD_PREROUTING
 from nsrun.firewall.rules import (
     COMMENT_PREFIX,
     DOCKER_USER,
@@ -25,6 +27,7 @@ from nsrun.firewall.rules import (
 )
 
 if TYPE_CHECKING:
+    from nsrun.firewall.portguard import PortGuard
     from nsrun.firewall.rules import NetworkRules, PortMapping, PortRules, Rule
 
 __all__ = ["FAMILY", "TABLE", "NftablesBackend", "open_nftables"]
@@ -34,6 +37,7 @@ TABLE: Final = "nsrun"
 FORWARD: Final = "forward"
 POSTROUTING: Final = "postrouting"
 GUARD: Final = "guard"  # filter at raw priority on prerouting
+INPUT: Final = "input"  # what sandboxes may open on the host itself
 PORTS: Final = "ports"  # DNAT of published ports, entered from the nat prerouting and output hooks
 PREROUTING_NAT: Final = "prerouting-nat"
 OUTPUT_NAT: Final = "output-nat"
@@ -42,7 +46,7 @@ _FILTER_PRIORITY: Final = 0
 _SRCNAT_PRIORITY: Final = 100
 _DSTNAT_PRIORITY: Final = -100
 _RAW_PRIORITY: Final = -300
-_NETWORK_BASE_CHAINS: Final = (FORWARD, POSTROUTING, GUARD)
+_NETWORK_BASE_CHAINS: Final = (FORWARD, POSTROUTING, GUARD, INPUT)
 _CT_STATES: Final = frozenset({"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"})
 _CT_STATUSES: Final = frozenset({"DNAT", "SNAT"})
 _T: Final = {"family": FAMILY, "table": TABLE}
@@ -98,6 +102,7 @@ class NftablesBackend:
             _base_chain(FORWARD, "filter", "forward", _FILTER_PRIORITY),
             _base_chain(POSTROUTING, "nat", "postrouting", _SRCNAT_PRIORITY),
             _base_chain(GUARD, "filter", "prerouting", _RAW_PRIORITY),
+            _base_chain(INPUT, "filter", "input", _FILTER_PRIORITY),
         ]
         commands += [
             _delete_rule(FAMILY, TABLE, chain, h)
@@ -113,6 +118,7 @@ class NftablesBackend:
         commands.append(_add_rule(FORWARD, [_iface("iifname", rules.bridge), _jump(outside)], rules.comment))
         commands += [_add_rule(POSTROUTING, render(rule), rule.comment) for rule in rules.nat]
         commands += [_add_rule(GUARD, render(rule), rule.comment) for rule in rules.guard]
+        commands += [_add_rule(INPUT, render(rule), rule.comment) for rule in rules.host]
         self._run(commands, f"installing nftables rules of network {rules.network!r}")
         return True
 
@@ -146,6 +152,53 @@ class NftablesBackend:
         ]
         if commands:
             self._run(commands, "removing published ports")
+
+    # -- one sandbox's bridge port (table bridge nsrun) -----------------------------------------
+
+    def add_port_guard(self, guard: PortGuard) -> None:
+        rc, _, error = self._nft.cmd(guard.script())
+        if rc != 0:
+            raise NsrunError(f"filtering what sandbox {guard.sandbox_id} sends on its bridge", _first_line(error))
+
+    def remove_port_guard(self, sandbox_id: str) -> None:
+        """Remove the sandbox's bridge-port chain and its jump; with the last one, the table."""
+        comment = SANDBOX_COMMENT_PREFIX + sandbox_id
+        items = self._list(
+            {"list": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}},
+            "reading table bridge nsrun",
+            missing_ok=True,
+        )
+        chain = f"sb-{sandbox_id}"
+        rules = [r for item in items if (r := item.get("rule"))]
+        chains = {item["chain"]["name"] for item in items if "chain" in item}
+        bridge = {"family": BRIDGE_FAMILY, "table": BRIDGE_TABLE}
+        commands: list[dict[str, Any]] = [
+            {"delete": {"rule": {**bridge, "chain": r["chain"], "handle": r["handle"]}}}
+            for r in rules
+            if r.get("comment") == comment
+        ]
+        if chain in chains:
+            commands += [
+                {"flush": {"chain": {**bridge, "name": chain}}},
+                {"delete": {"chain": {**bridge, "name": chain}}},
+            ]
+        if chains and chains <= {PORTGUARD_PREROUTING, chain}:
+            commands = [{"delete": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}}]
+        if commands:
+            self._run(commands, f"removing the bridge-port filter of sandbox {sandbox_id}")
+
+    def port_guards(self) -> set[str]:
+        """The sandbox ids with a bridge-port filter in place."""
+        items = self._list(
+            {"list": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}},
+            "reading table bridge nsrun",
+            missing_ok=True,
+        )
+        return {
+            str(r["comment"])[len(SANDBOX_COMMENT_PREFIX) :]
+            for item in items
+            if (r := item.get("rule")) and str(r.get("comment", "")).startswith(SANDBOX_COMMENT_PREFIX)
+        }
 
     def teardown_network(self, rules: NetworkRules) -> None:
         listing = self._listing(rules)
@@ -269,6 +322,7 @@ class NftablesBackend:
             FORWARD: 2,
             POSTROUTING: len(rules.nat),
             GUARD: len(rules.guard),
+            INPUT: len(rules.host),
         }
         return all(len(listing.rules.get(chain, [])) == count for chain, count in expected.items())
 
@@ -339,12 +393,14 @@ def _prefix(field_name: str, network: ipaddress.IPv4Network | ipaddress.IPv6Netw
 def render(rule: Rule) -> list[dict[str, Any]]:
     """One abstract rule as nftables JSON expressions, comment excluded."""
     expr: list[dict[str, Any]] = []
+    if rule.nfproto:
+        expr.append({"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": rule.nfproto}})
     if rule.in_iface:
-        expr.append(_iface("iifname", rule.in_iface))
+        expr.append(_iface("iifname", rule.in_iface, negated=rule.in_iface_negated))
     if rule.out_iface:
         expr.append(_iface("oifname", rule.out_iface, negated=rule.out_iface_negated))
     if rule.source:
-        expr.append(_prefix("saddr", rule.source, "=="))
+        expr.append(_prefix("saddr", rule.source, "!=" if rule.source_negated else "=="))
     if rule.destination:
         expr.append(_prefix("daddr", rule.destination, "=="))
     if rule.dest_negated:

@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Final
 
 __all__ = [
+    "IPV4",
+    "IPV6",
     "LOOPBACK",
     "MULTICAST",
     "SANDBOX_COMMENT_PREFIX",
@@ -30,11 +32,16 @@ __all__ = [
 MULTICAST: Final = ipaddress.IPv4Network("224.0.0.0/4")
 MULTICAST6: Final = ipaddress.IPv6Network("ff00::/8")
 LOOPBACK: Final = ipaddress.IPv4Network("127.0.0.0/8")
+LOOPBACK6: Final = ipaddress.IPv6Network("::1/128")
+LOOPBACK_IFACE: Final = "lo"
 COMMENT_PREFIX: Final = "nsrun:"
+IPV4: Final = "ipv4"
+IPV6: Final = "ipv6"
 
 
 class Hook(StrEnum):
     FORWARD = "FORWARD"
+    INPUT = "INPUT"
     POSTROUTING = "POSTROUTING"
     PREROUTING = "PREROUTING"
 
@@ -51,12 +58,25 @@ class Rule:
     verdict: Verdict
     comment: str
     in_iface: str | None = None
+    in_iface_negated: bool = False
     out_iface: str | None = None
     out_iface_negated: bool = False
     source: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    source_negated: bool = False
     destination: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     dest_negated: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     ctstates: tuple[str, ...] = ()
+    nfproto: str | None = None  # only packets of this family (ipv4 or ipv6); the others pass
+
+    @property
+    def family(self) -> str | None:
+        """The address family the rule applies to: its own, or that of the addresses it matches."""
+        if self.nfproto is not None:
+            return self.nfproto
+        for network in (self.source, self.destination, self.dest_negated):
+            if network is not None:
+                return IPV4 if network.version == 4 else IPV6  # noqa: PLR2004
+        return None
 
 
 @dataclass(frozen=True)
@@ -74,9 +94,14 @@ class NetworkRules:
     # what goes into another tool's forward chain that drops by policy: plain interface accepts,
     # which that tool can still read back; the stateful checks stay in nsrun's own rules
     accepts: tuple[Rule, ...]
-    # raw prerouting: the bridge has route_localnet (so the host's 127.0.0.1 can reach published
-    # ports), which would also let a sandbox address the host's loopback services: drop that
+    # raw prerouting, before any DNAT: loopback destinations that did not arrive on lo are dropped.
+    # The bridge has route_localnet (so the host's 127.0.0.1 can reach published ports), which
+    # would also let a sandbox address the host's loopback services; and without the drop a
+    # neighbour on the wan that routes 127.0.0.1 via the host reaches a port published on
+    # 127.0.0.1 (DNAT runs before the martian check). As Docker 28 does (moby#45610).
     guard: tuple[Rule, ...] = ()
+    # filter input: what its sandboxes may open on the host itself (--no-host-access)
+    host: tuple[Rule, ...] = ()
 
     @property
     def comment(self) -> str:
@@ -87,15 +112,17 @@ def comment_for(network: str) -> str:
     return COMMENT_PREFIX + network
 
 
-def network_rules(
+def network_rules(  # one keyword per network option
     network: str,
     bridge: str,
     subnet: ipaddress.IPv4Network,
     *,
     internal: bool = False,
     subnet6: ipaddress.IPv6Network | None = None,
+    no_host_access: bool = False,
 ) -> NetworkRules:
-    """`internal`: sandboxes reach each other and the host, nothing beyond it, and nothing is NATed."""
+    """`internal`: sandboxes reach each other and the host, nothing beyond it, and nothing is NATed.
+    `no_host_access`: they may not open connections to the host's own addresses."""
     tag = comment_for(network)
     fwd, accept, drop = Hook.FORWARD, Verdict.ACCEPT, Verdict.DROP
     inbound = (
@@ -108,13 +135,31 @@ def network_rules(
         # subnet via this host, not a sandbox of another nsrun network
         Rule(fwd, drop, tag, out_iface=bridge),
     )
+    # what leaves the bridge must come from the network's own addresses: a sandbox given
+    # NET_ADMIN or NET_RAW could otherwise send packets with forged sources out through the host
+    spoofed = [Rule(fwd, drop, tag, in_iface=bridge, source=subnet, source_negated=True)]
+    if subnet6 is not None:
+        spoofed.append(Rule(fwd, drop, tag, in_iface=bridge, source=subnet6, source_negated=True))
+    else:
+        spoofed.append(Rule(fwd, drop, tag, in_iface=bridge, nfproto=IPV6))
     outbound = (
         Rule(fwd, drop, tag, in_iface=bridge, ctstates=("INVALID",)),
+        *spoofed,
         Rule(fwd, accept, tag, in_iface=bridge),
+    )
+    host: tuple[Rule, ...] = ()
+    if no_host_access:
+        host = (
+            Rule(Hook.INPUT, accept, tag, in_iface=bridge, ctstates=("RELATED", "ESTABLISHED")),
+            Rule(Hook.INPUT, drop, tag, in_iface=bridge, ctstates=("NEW",), nfproto=IPV4),
+        )
+    guard = (
+        Rule(Hook.PREROUTING, drop, tag, in_iface=LOOPBACK_IFACE, in_iface_negated=True, destination=LOOPBACK),
+        Rule(Hook.PREROUTING, drop, tag, in_iface=LOOPBACK_IFACE, in_iface_negated=True, destination=LOOPBACK6),
     )
     if internal:
         leaving = Rule(fwd, drop, tag, in_iface=bridge, out_iface=bridge, out_iface_negated=True)
-        return NetworkRules(network, bridge, subnet, inbound, (leaving, *outbound), (), ())
+        return NetworkRules(network, bridge, subnet, inbound, (leaving, *outbound), (), (), guard, host)
     masquerade = Hook.POSTROUTING, Verdict.MASQUERADE, tag
     nat: tuple[Rule, ...] = (
         Rule(*masquerade, source=subnet, out_iface=bridge, out_iface_negated=True, dest_negated=MULTICAST),
@@ -125,9 +170,8 @@ def network_rules(
     )
     if subnet6 is not None:
         nat += (Rule(*masquerade, source=subnet6, out_iface=bridge, out_iface_negated=True, dest_negated=MULTICAST6),)
-    guard = (Rule(Hook.PREROUTING, Verdict.DROP, tag, in_iface=bridge, destination=LOOPBACK),)
     accepts = (Rule(fwd, accept, tag, in_iface=bridge), Rule(fwd, accept, tag, out_iface=bridge))
-    return NetworkRules(network, bridge, subnet, inbound, outbound, nat, accepts, guard)
+    return NetworkRules(network, bridge, subnet, inbound, outbound, nat, accepts, guard, host)
 
 
 SANDBOX_COMMENT_PREFIX: Final = "nsrun-sandbox:"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pyroute2 import IPRoute, NetlinkError
 
 from nsrun.errors import NsrunError
+from nsrun.net import sysctl
 from nsrun.process import namespaces
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "flush_udp_conntrack",
     "host_routes",
     "link_exists",
+    "link_mac",
     "list_links",
     "loopback_up",
     "open_in_new_netns",
@@ -58,9 +60,18 @@ def open_in_new_netns(inside: Callable[[], None] | None = None) -> tuple[int, IP
     """A fresh network namespace, held by the returned fd, and a netlink handle bound inside it;
     `inside` runs in the namespace too (its /proc/sys/net is the namespace's own)."""
     with namespaces.new_netns() as fd:
-        inner = IPRoute()
-        if inside is not None:
-            inside()
+        try:
+            inner = IPRoute()
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            if inside is not None:
+                inside()
+        except BaseException:
+            inner.close()
+            os.close(fd)
+            raise
     return fd, inner
 
 
@@ -103,6 +114,7 @@ def ensure_bridge(ipr: IPRoute, name: str, addresses: Sequence[tuple[AnyAddress,
             f"setting up bridge {name!r}", "an interface of that name exists and is not a bridge", "rename or remove it"
         )
     index: int = link["index"]
+    sysctl.disable_router_advertisements(name)
     if created:
         # Pin the bridge's MAC: by default it takes the lowest MAC of its ports and changes as
         # sandboxes come and go, and peers then send to a stale ARP entry for up to minutes.
@@ -136,6 +148,14 @@ def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int) -> None:
         ipr.link("add", ifname=plan.host_veth, kind="veth", peer=peer, **host_end)
     except NetlinkError as err:
         raise _fail(f"creating veth {plan.host_veth!r}", err) from err
+
+
+def link_mac(ipr: IPRoute, name: str) -> str:
+    link = _link(ipr, name)
+    if link is None:
+        raise NsrunError(f"reading the MAC address of {name!r}", "no such interface")
+    mac: str = link.get("address")
+    return mac.lower()
 
 
 def attach_veth(ipr: IPRoute, plan: AttachPlan, bridge_index: int) -> None:

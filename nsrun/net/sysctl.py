@@ -7,7 +7,15 @@ from typing import Final
 
 from nsrun.errors import NsrunError
 
-__all__ = ["IP_FORWARD", "allow_unprivileged_ports", "enable_route_localnet", "ensure_ip_forward", "read_sysctl"]
+__all__ = [
+    "IP_FORWARD",
+    "disable_router_advertisements",
+    "ensure_ip_forward",
+    "prepare_sandbox_netns",
+    "read_sysctl",
+    "route_localnet",
+    "set_route_localnet",
+]
 
 IP_FORWARD: Final = "net/ipv4/ip_forward"
 IPV6_FORWARDING: Final = "net/ipv6/conf/all/forwarding"
@@ -31,16 +39,52 @@ def ensure_ip_forward(*, ipv6: bool = False) -> None:
         raise NsrunError("enabling net.ipv4.ip_forward", err.strerror or str(err), "run nsrun as root") from err
 
 
-def enable_route_localnet(bridge: str) -> None:
+def set_route_localnet(bridge: str, *, enabled: bool) -> None:
     """Let the host's 127.0.0.1 reach published ports in sandboxes on this bridge (packets keep
-    their loopback source until masqueraded); the network's guard rule drops the reverse."""
+    their loopback source until masqueraded). Only with the guard rule in place: without it a
+    sandbox could address the host's loopback services through its bridge."""
+    path = _ROOT / f"net/ipv4/conf/{bridge}/route_localnet"
+    wanted = "1" if enabled else "0"
     try:
-        (_ROOT / f"net/ipv4/conf/{bridge}/route_localnet").write_text("1\n")
+        if path.read_text().strip() != wanted:
+            path.write_text(wanted + "\n")
     except OSError as err:
-        raise NsrunError(f"enabling route_localnet on {bridge}", err.strerror or str(err)) from err
+        raise NsrunError(f"setting route_localnet on {bridge}", err.strerror or str(err)) from err
 
 
-def allow_unprivileged_ports() -> None:
-    """In a sandbox's own namespace: any user may bind any port (a server needs no root for :80).
-    Call from inside the namespace; it affects nothing outside it."""
-    (_ROOT / "net/ipv4/ip_unprivileged_port_start").write_text("0\n")
+def route_localnet(bridge: str) -> bool:
+    try:
+        return (_ROOT / f"net/ipv4/conf/{bridge}/route_localnet").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+# Set in a sandbox's own network namespace, from inside it: they affect nothing outside.
+SANDBOX_NETNS_SYSCTLS: Final = (
+    # any user may bind any port: a server needs no root (nor CAP_NET_BIND_SERVICE) for :80
+    ("net/ipv4/ip_unprivileged_port_start", "0"),
+    # ICMP echo through datagram sockets for every group: ping works without CAP_NET_RAW
+    ("net/ipv4/ping_group_range", "0 2147483647"),
+    # a sandbox takes no router advertisements: its routes are the ones nsrun set
+    ("net/ipv6/conf/all/accept_ra", "0"),
+    ("net/ipv6/conf/default/accept_ra", "0"),
+)
+
+
+def prepare_sandbox_netns() -> None:
+    """Call from inside a new sandbox namespace, before its links exist (they take the defaults)."""
+    for key, value in SANDBOX_NETNS_SYSCTLS:
+        path = _ROOT / key
+        if path.exists():
+            path.write_text(value + "\n")
+
+
+def disable_router_advertisements(interface: str) -> None:
+    """No router advertisement from a sandbox may reconfigure the host through its bridge
+    (CVE-2020-13401: Docker sets accept_ra=0 too)."""
+    path = _ROOT / f"net/ipv6/conf/{interface}/accept_ra"
+    try:
+        if path.exists() and path.read_text().strip() != "0":
+            path.write_text("0\n")
+    except OSError as err:
+        raise NsrunError(f"setting accept_ra=0 on {interface}", err.strerror or str(err)) from err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import socket
 from typing import TYPE_CHECKING
 
@@ -24,8 +23,9 @@ from nsrun.networks.spec import (
     make_spec,
 )
 from nsrun.networks.store import NetworkStore
-from nsrun.paths import flocked
 from nsrun.process import liveness
+from nsrun.state import files
+from nsrun.state.locks import locked
 
 if TYPE_CHECKING:
     import ipaddress
@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 
     from nsrun.ipam.leases import Lease
     from nsrun.net.netlink import IPRoute
-    from nsrun.paths import StateDirs
+    from nsrun.state.paths import StateDirs
 
 __all__ = [
+    "NetworkExistsError",
     "create_network",
     "ensure_host_side",
     "ensure_loaded",
@@ -44,6 +45,23 @@ __all__ = [
     "remove_network",
     "sweep_stale_leases",
 ]
+
+
+class NetworkExistsError(ConflictError):
+    """A network of that name exists (a concurrent first launch may just have created it)."""
+
+
+def network_store(dirs: StateDirs) -> NetworkStore:
+    return NetworkStore(dirs.networks, root=dirs.lib)
+
+
+def lease_store(dirs: StateDirs, name: str) -> LeaseStore:
+    return LeaseStore(dirs.leases(name), root=dirs.run)
+
+
+def networks_lock(dirs: StateDirs) -> contextlib.AbstractContextManager[None]:
+    dirs.ensure(dirs.run)
+    return locked(dirs.lock, "the networks lock")
 
 
 def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None) -> list[tuple[AnyNetwork, str]]:
@@ -65,11 +83,13 @@ def create_network(
 ) -> NetworkSpec:
     """Validate against every network and host route (and `check`), record the definition, set up
     its bridge and rules; on any failure nothing of it stays."""
-    store = NetworkStore(dirs.networks)
+    store = network_store(dirs)
     name, subnet = request.name, request.subnet
-    with flocked(dirs.lock):
+    with networks_lock(dirs):
         if store.get(name) is not None:
-            raise ConflictError(f"creating network {name!r}", "a network of that name exists", "choose another name")
+            raise NetworkExistsError(
+                f"creating network {name!r}", "a network of that name exists", "choose another name"
+            )
         taken = _taken_subnets(ipr, store)
         if subnet is None:
             subnet = next((c for c in auto_subnet_candidates() if first_overlap(c, taken) is None), None)
@@ -85,6 +105,7 @@ def create_network(
             mtu=request.mtu,
             internal=request.internal,
             subnet6=request.subnet6,
+            no_host_access=request.no_host_access,
         )
         if spec.subnet6 is not None and firewall_backend == "iptables":
             raise ConflictError(
@@ -101,12 +122,19 @@ def create_network(
         if check is not None:
             check(spec)
         user = next((other.name for other in store.all() if other.bridge == spec.bridge), None)
-        if user or netlink.link_exists(ipr, spec.bridge):
-            owner = f"network {user!r}" if user else "the host"
+        if user:
             raise ConflictError(
                 f"creating network {name!r}",
-                f"interface {spec.bridge!r} is already used by {owner}",
+                f"interface {spec.bridge!r} is already the bridge of network {user!r}",
                 "choose another --bridge",
+            )
+        if netlink.link_exists(ipr, spec.bridge):
+            fix = "choose another --bridge"
+            if request.bridge is None:
+                # nsrun's own name for it: a bridge left behind by an nsrun whose definition was removed
+                fix = f"if nothing uses it, remove it: ip link del {spec.bridge}; or choose another --bridge"
+            raise ConflictError(
+                f"creating network {name!r}", f"an interface {spec.bridge!r} already exists on the host", fix
             )
         with contextlib.ExitStack() as undo:
             store.add(spec)
@@ -122,7 +150,7 @@ def load_network(
 ) -> NetworkSpec:
     """The network's definition, passed through `check`; the default network is created on first
     use, but only once `check` accepted it, so a rejected request leaves no network behind."""
-    store = NetworkStore(dirs.networks)
+    store = network_store(dirs)
     spec = store.get(name)
     if spec is not None:
         if check is not None:
@@ -132,11 +160,13 @@ def load_network(
         raise NotFoundError(
             f"network {name!r}", "no such network", f"create it with `nsrun network create {name} --subnet CIDR`"
         )
-    with contextlib.suppress(ConflictError):  # a concurrent first launch created it first
+    try:
         return create_network(dirs, ipr, NetworkRequest(DEFAULT_NETWORK), check=check)
+    except NetworkExistsError:
+        pass  # a concurrent first launch created it first: use that one
     spec = store.get(name)
     if spec is None:
-        raise NsrunError(f"network {name!r}", "it vanished while being created", "retry")
+        raise NsrunError(f"network {name!r}", "it was removed while being created", "retry")
     if check is not None:
         check(spec)
     return spec
@@ -144,7 +174,7 @@ def load_network(
 
 def ensure_loaded(dirs: StateDirs, spec: NetworkSpec) -> None:
     """The network still exists as loaded; call under its lease lock, which `remove_network` holds too."""
-    if NetworkStore(dirs.networks).get(spec.name) != spec:
+    if network_store(dirs).get(spec.name) != spec:
         raise NotFoundError(f"network {spec.name!r}", "it was removed or changed while the sandbox started", "retry")
 
 
@@ -181,7 +211,6 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
     index = netlink.ensure_bridge(ipr, spec.bridge, addresses)
     if not spec.internal:
         sysctl.ensure_ip_forward(ipv6=spec.subnet6 is not None)
-        sysctl.enable_route_localnet(spec.bridge)
     wanted = _wanted_backend(spec.firewall)
     if spec.subnet6 is not None and wanted == "iptables":
         raise ConflictError(
@@ -190,16 +219,32 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
             "set NSRUN_FIREWALL=nftables",
         )
     if wanted != spec.firewall:
-        firewall.teardown_network_firewall(spec.firewall, spec.rules)
+        # the definition changes first: if it cannot be written, the old rules stay in place
+        old = spec
         spec = dataclasses.replace(spec, firewall=wanted)
-        NetworkStore(dirs.networks).replace(spec)
+        network_store(dirs).replace(spec)
+        firewall.teardown_network_firewall(old.firewall, old.rules)
     firewall.ensure_network_firewall(spec.firewall, spec.rules)
+    # route_localnet lets the host's 127.0.0.1 reach published ports; it is only ever on while
+    # the guard that drops loopback destinations not arriving on lo is in place
+    sysctl.set_route_localnet(spec.bridge, enabled=not spec.internal and spec.firewall != "none")
     return index, spec
 
 
 def _remove_host_side(ipr: IPRoute, spec: NetworkSpec) -> None:
-    firewall.teardown_network_firewall(spec.firewall, spec.rules)
-    netlink.delete_link(ipr, spec.bridge)
+    """Rules, then bridge: each step runs even if the other failed; failures are reported together."""
+    failures = []
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("removing its firewall rules", lambda: firewall.teardown_network_firewall(spec.firewall, spec.rules)),
+        (f"deleting bridge {spec.bridge}", lambda: netlink.delete_link(ipr, spec.bridge)),
+    ]
+    for step, action in steps:
+        try:
+            action()
+        except NsrunError as err:
+            failures.append(f"{step}: {err}")
+    if failures:
+        raise NsrunError(f"removing network {spec.name!r}", "; ".join(failures), "run `nsrun doctor`")
 
 
 def reclaim_lease(ipr: IPRoute, lease: Lease) -> None:
@@ -211,7 +256,7 @@ def reclaim_lease(ipr: IPRoute, lease: Lease) -> None:
 
 
 def _is_stale(lease: Lease) -> bool:
-    return not liveness.holder_alive(lease.pid, lease.start_time)
+    return not liveness.holder_alive(lease.pid, lease.start_time, lease.pidns)
 
 
 def sweep_stale_leases(ipr: IPRoute, store: LeaseStore) -> int:
@@ -220,19 +265,19 @@ def sweep_stale_leases(ipr: IPRoute, store: LeaseStore) -> int:
 
 
 def live_leases(dirs: StateDirs, ipr: IPRoute, name: str) -> list[Lease]:
-    store = LeaseStore(dirs.leases(name))
+    store = lease_store(dirs, name)
     with store.locked():
         sweep_stale_leases(ipr, store)
         return store.leases()
 
 
 def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
-    store = NetworkStore(dirs.networks)
-    with flocked(dirs.lock):
+    store = network_store(dirs)
+    with networks_lock(dirs):
         spec = store.get(name)
         if spec is None:
             raise NotFoundError(f"removing network {name!r}", "no such network", "see `nsrun network ls`")
-        leases = LeaseStore(dirs.leases(name))
+        leases = lease_store(dirs, name)
         with leases.locked():
             sweep_stale_leases(ipr, leases)
             users = leases.leases()
@@ -243,6 +288,7 @@ def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
                     f"{len(users)} sandbox(es) still use it (nsrun pids {pids})",
                     "end them first",
                 )
-            _remove_host_side(ipr, spec)
             store.remove(name)
-        shutil.rmtree(dirs.leases(name), ignore_errors=True)
+            _remove_host_side(ipr, spec)
+            # the directory goes while its lock is held: no launch can be between the two
+            files.remove_tree(dirs.leases(name))

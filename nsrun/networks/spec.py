@@ -11,10 +11,14 @@ from nsrun.errors import UsageError
 from nsrun.firewall.rules import NetworkRules, network_rules
 from nsrun.ipam.pool import AddressPool
 from nsrun.net.plan import bridge_name_for
-from nsrun.validate import validate_ifname, validate_mtu, validate_name
+from nsrun.state.schema import CorruptStateError, parse_json
+from nsrun.validate import MAX_MTU, MIN_MTU, validate_ifname, validate_mtu, validate_name
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
+    from pathlib import Path
+
+FIREWALLS: Final = ("iptables", "nftables", "none")
 
 __all__ = ["DEFAULT_NETWORK", "NetworkRequest", "NetworkSpec", "auto_subnet_candidates", "first_overlap", "make_spec"]
 
@@ -36,6 +40,7 @@ class NetworkRequest:
     bridge: str | None = None
     mtu: int | None = None
     internal: bool = False
+    no_host_access: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class NetworkSpec:
     mtu: int | None = None  # None: the MTU of the host's default-route interface, read at each launch
     internal: bool = False  # no route out, no NAT
     subnet6: ipaddress.IPv6Network | None = None  # dual-stack: a sandbox's IPv6 address mirrors its IPv4 one
+    no_host_access: bool = False  # its sandboxes may not open connections to the host's own addresses
 
     @property
     def pool(self) -> AddressPool:
@@ -55,7 +61,14 @@ class NetworkSpec:
 
     @property
     def rules(self) -> NetworkRules:
-        return network_rules(self.name, self.bridge, self.subnet, internal=self.internal, subnet6=self.subnet6)
+        return network_rules(
+            self.name,
+            self.bridge,
+            self.subnet,
+            internal=self.internal,
+            subnet6=self.subnet6,
+            no_host_access=self.no_host_access,
+        )
 
     def address6_for(self, address: ipaddress.IPv4Address) -> ipaddress.IPv6Address | None:
         """The IPv6 address at the same host index as `address`: unique because the IPv4 lease is,
@@ -79,27 +92,39 @@ class NetworkSpec:
             "internal": self.internal,
             "subnet6": str(self.subnet6) if self.subnet6 else None,
             "gateway6": str(self.gateway6) if self.gateway6 else None,
+            "no_host_access": self.no_host_access,
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> NetworkSpec:
-        data = json.loads(text)
-        return cls(
-            name=data["name"],
-            subnet=ipaddress.IPv4Network(data["subnet"]),
-            gateway=ipaddress.IPv4Address(data["gateway"]),
-            bridge=data["bridge"],
-            firewall=data["firewall"],
-            mtu=data.get("mtu"),
-            internal=bool(data.get("internal", False)),
-            subnet6=ipaddress.IPv6Network(data["subnet6"]) if data.get("subnet6") else None,
-        )
+    def from_json(cls, text: str, path: Path | str = "network definition") -> NetworkSpec:
+        """The definition in `text`, every field checked: a file that parses but has the wrong
+        shape raises CorruptStateError naming the file, never a TypeError somewhere later."""
+        fix = f"fix or remove {path}"
+        fields = parse_json(text, path, fix)
+        try:
+            subnet6 = fields.optional_text("subnet6")
+            spec = make_spec(
+                fields.text("name"),
+                ipaddress.IPv4Network(fields.text("subnet")),
+                gateway=ipaddress.IPv4Address(fields.text("gateway")),
+                bridge=fields.text("bridge"),
+                firewall=fields.text("firewall"),
+                mtu=fields.optional_integer("mtu", MIN_MTU, MAX_MTU),
+                internal=fields.flag("internal"),
+                subnet6=ipaddress.IPv6Network(subnet6) if subnet6 else None,
+                no_host_access=fields.flag("no_host_access"),
+            )
+        except (ValueError, UsageError) as err:
+            raise CorruptStateError(path, str(err), fix) from err
+        if spec.firewall not in FIREWALLS:
+            raise CorruptStateError(path, f"unknown firewall backend {spec.firewall!r}", fix)
+        return spec
 
 
-def make_spec(
+def make_spec(  # noqa: PLR0913  # one keyword per network option
     name: str,
     subnet: ipaddress.IPv4Network,
     *,
@@ -109,6 +134,7 @@ def make_spec(
     mtu: int | None = None,
     internal: bool = False,
     subnet6: ipaddress.IPv6Network | None = None,
+    no_host_access: bool = False,
 ) -> NetworkSpec:
     validate_name(name)
     if gateway is None:
@@ -126,7 +152,7 @@ def make_spec(
             f"it is smaller than {subnet}: every sandbox needs an IPv6 address too",
             "use a /64",
         )
-    return NetworkSpec(name, subnet, gateway, bridge_name, firewall, mtu, internal, subnet6)
+    return NetworkSpec(name, subnet, gateway, bridge_name, firewall, mtu, internal, subnet6, no_host_access)
 
 
 def auto_subnet_candidates() -> Iterator[ipaddress.IPv4Network]:

@@ -24,10 +24,21 @@ def test_inbound_accepts_replies_and_published_ports_then_drops() -> None:
     assert rules.inbound[-1].ctstates == ()
 
 
-def test_outbound_drops_invalid_before_accepting() -> None:
+def test_outbound_drops_invalid_and_forged_sources_before_accepting() -> None:
     rules = network_rules("lab", "nsbr-lab", NET)
-    assert [(r.verdict, r.ctstates) for r in rules.outbound] == [(Verdict.DROP, ("INVALID",)), (Verdict.ACCEPT, ())]
+    invalid, forged4, forged6, accept = rules.outbound
+    assert (invalid.verdict, invalid.ctstates) == (Verdict.DROP, ("INVALID",))
+    assert (forged4.verdict, forged4.source, forged4.source_negated) == (Verdict.DROP, NET, True)
+    assert (forged6.verdict, forged6.nfproto) == (Verdict.DROP, "ipv6")  # no IPv6 on a v4-only network
+    assert (accept.verdict, accept.ctstates) == (Verdict.ACCEPT, ())
     assert all(r.in_iface == "nsbr-lab" for r in rules.outbound)
+
+
+def test_dual_stack_outbound_checks_both_sources() -> None:
+    net6 = ipaddress.IPv6Network("fd00:1::/64")
+    rules = network_rules("lab", "nsbr-lab", NET, subnet6=net6)
+    sources = [(r.source, r.source_negated) for r in rules.outbound if r.verdict is Verdict.DROP and r.source]
+    assert sources == [(NET, True), (net6, True)]
 
 
 def test_published_ports_reached_from_loopback_or_the_subnet_are_masqueraded() -> None:
@@ -36,14 +47,23 @@ def test_published_ports_reached_from_loopback_or_the_subnet_are_masqueraded() -
     assert (hairpin.source, hairpin.ctstates, hairpin.out_iface) == (NET, ("DNAT",), "nsbr-lab")
 
 
-def test_guard_drops_loopback_destinations_from_the_bridge() -> None:
-    (guard,) = network_rules("lab", "nsbr-lab", NET).guard
-    assert (guard.hook, guard.verdict, guard.in_iface, guard.destination) == (
-        Hook.PREROUTING,
-        Verdict.DROP,
-        "nsbr-lab",
-        LOOPBACK,
-    )
+def test_guard_drops_loopback_destinations_not_arriving_on_lo() -> None:
+    guard4, guard6 = network_rules("lab", "nsbr-lab", NET).guard
+    for guard, destination in ((guard4, LOOPBACK), (guard6, ipaddress.IPv6Network("::1/128"))):
+        assert (guard.hook, guard.verdict, guard.in_iface, guard.in_iface_negated, guard.destination) == (
+            Hook.PREROUTING,
+            Verdict.DROP,
+            "lo",
+            True,
+            destination,
+        )
+
+
+def test_no_host_access_drops_new_connections_to_the_host() -> None:
+    assert network_rules("lab", "nsbr-lab", NET).host == ()
+    replies, new = network_rules("lab", "nsbr-lab", NET, no_host_access=True).host
+    assert (replies.hook, replies.verdict, replies.ctstates) == (Hook.INPUT, Verdict.ACCEPT, ("RELATED", "ESTABLISHED"))
+    assert (new.hook, new.verdict, new.in_iface, new.ctstates) == (Hook.INPUT, Verdict.DROP, "nsbr-lab", ("NEW",))
 
 
 def test_internal_network_drops_what_leaves_and_masquerades_nothing() -> None:

@@ -1,0 +1,97 @@
+"""Pure: what one sandbox may send into its network's bridge, as an nftables `bridge` ruleset.
+
+Frames from its host veth (its bridge port) must carry its own MAC and, for ARP, IPv4 and IPv6,
+its own leased addresses (IPv6 link-local and the unspecified address included, for neighbour
+discovery); it may not act as a router or DHCP server (router advertisements, redirects, DHCP
+replies) nor claim another's IPv6 address in a neighbour advertisement; tagged frames and other
+protocols are dropped. So a sandbox given NET_RAW or NET_ADMIN still cannot take over a
+neighbour's address, pose as the gateway, or forge its source. (CNI's bridge and netavark do no
+such filtering; Docker does not either.)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from nsrun.firewall.rules import SANDBOX_COMMENT_PREFIX
+
+__all__ = ["BRIDGE_FAMILY", "BRIDGE_TABLE", "PortGuard", "link_local_for"]
+
+BRIDGE_FAMILY: Final = "bridge"
+BRIDGE_TABLE: Final = "nsrun"
+PREROUTING: Final = "prerouting"
+_FILTER_PRIORITY: Final = -200
+_MAC_RE: Final = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+_VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
+_ID_RE: Final = re.compile(r"[0-9a-f]{12}")
+_UNIVERSAL_LOCAL_BIT: Final = 0x02
+
+
+def link_local_for(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address the kernel derives from a MAC (addr_gen_mode 0)."""
+    octets = [int(part, 16) for part in mac.split(":")]
+    octets[0] ^= _UNIVERSAL_LOCAL_BIT
+    eui = [*octets[:3], 0xFF, 0xFE, *octets[3:]]
+    return ipaddress.IPv6Address(bytes([0xFE, 0x80, 0, 0, 0, 0, 0, 0, *eui]))
+
+
+def _raw(address: ipaddress.IPv6Address) -> str:
+    return f"0x{int(address):032x}"
+
+
+@dataclass(frozen=True)
+class PortGuard:
+    sandbox_id: str
+    veth: str
+    mac: str
+    address: ipaddress.IPv4Address
+    address6: ipaddress.IPv6Address | None = None
+
+    def __post_init__(self) -> None:
+        # the script below is text: every value in it is checked to be what it claims to be
+        if not (_ID_RE.fullmatch(self.sandbox_id) and _VETH_RE.fullmatch(self.veth) and _MAC_RE.fullmatch(self.mac)):
+            raise ValueError(f"not a sandbox port: {self.sandbox_id!r} {self.veth!r} {self.mac!r}")
+
+    @property
+    def comment(self) -> str:
+        return SANDBOX_COMMENT_PREFIX + self.sandbox_id
+
+    @property
+    def chain(self) -> str:
+        return f"sb-{self.sandbox_id}"
+
+    def rules(self) -> list[str]:
+        """The chain's rules, in nft syntax."""
+        own6 = [link_local_for(self.mac), *([self.address6] if self.address6 else [])]
+        sources6 = ", ".join(["::", *(str(a) for a in own6)])
+        targets6 = ", ".join(_raw(a) for a in own6)
+        return [
+            f"ether saddr != {self.mac} drop",
+            "ether type != { ip, ip6, arp } drop",  # VLAN tags could smuggle what follows past it
+            f"ether type arp arp saddr ether != {self.mac} drop",
+            f"ether type arp arp saddr ip != {self.address} drop",
+            f"ether type ip ip saddr != {self.address} drop",
+            "ether type ip udp sport 67 drop",
+            "ether type ip icmp type redirect drop",
+            f"ether type ip6 ip6 saddr != {{ {sources6} }} drop",
+            "ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } drop",
+            f"ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 != {{ {targets6} }} drop",
+            "ether type ip6 udp sport 547 drop",
+        ]
+
+    def script(self) -> str:
+        """One nft transaction: the table and its hook (if new), the chain, the jump to it."""
+        table = f"{BRIDGE_FAMILY} {BRIDGE_TABLE}"
+        hook = f"{{ type filter hook prerouting priority {_FILTER_PRIORITY}; policy accept; }}"
+        lines = [
+            f"add table {table}",
+            f"add chain {table} {PREROUTING} {hook}",
+            f"add chain {table} {self.chain}",
+            f"flush chain {table} {self.chain}",
+            *(f"add rule {table} {self.chain} {rule}" for rule in self.rules()),
+            f'add rule {table} {PREROUTING} iifname "{self.veth}" jump {self.chain} comment "{self.comment}"',
+        ]
+        return "\n".join(lines) + "\n"
