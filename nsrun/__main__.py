@@ -1,3 +1,3 @@
-from nsrun.cli import main
+from nsrun.cli.entry import main
 
 main()

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from nsrun.net.netlink import IPRoute
     from nsrun.networks.spec import NetworkSpec
-    from nsrun.paths import StateDirs
+    from nsrun.state.paths import StateDirs
 
 __all__ = ["Check", "Status", "exit_code", "render_json", "render_table", "run_checks"]
 
@@ -90,9 +90,9 @@ def _in_throwaway_netns(probe: Callable[[], None]) -> str | None:
         os.close(read_end)
         code = 0
         try:
-            from nsrun.process import namespaces
+            from nsrun.process import libc
 
-            namespaces.unshare(namespaces.CLONE_NEWNET)
+            libc.unshare(libc.CLONE_NEWNET)
             probe()
         except Exception as err:  # noqa: BLE001  # reported to the parent as text
             os.write(write_end, str(err).encode()[:500])
@@ -275,17 +275,17 @@ def _overlaps(ipr: IPRoute, networks: list[NetworkSpec]) -> Iterator[Check]:
 
 
 def _leftovers(dirs: StateDirs, ipr: IPRoute, networks: list[NetworkSpec]) -> Iterator[Check]:
-    from nsrun.ipam.leases import LeaseStore
     from nsrun.net import netlink
     from nsrun.net.plan import HOST_VETH_PREFIX
+    from nsrun.networks.manager import lease_store
     from nsrun.process import liveness
 
     live_veths = set()
     found = False
     for spec in networks:
         stale = []
-        for lease in LeaseStore(dirs.leases(spec.name)).leases():
-            if liveness.holder_alive(lease.pid, lease.start_time):
+        for lease in lease_store(dirs, spec.name).leases():
+            if liveness.holder_alive(lease.pid, lease.start_time, lease.pidns):
                 live_veths.add(lease.veth)
             else:
                 stale.append(lease.address)
@@ -330,12 +330,12 @@ def _orphan_rules(networks: list[NetworkSpec]) -> Iterator[Check]:
 
 def run_checks(dirs: StateDirs) -> list[Check]:
     from nsrun.net import netlink
-    from nsrun.networks.store import NetworkStore
+    from nsrun.networks.manager import network_store
 
     checks = [_capabilities()]
     if checks[0].status is Status.FAIL:
         return checks
-    networks = NetworkStore(dirs.networks).all()
+    networks = network_store(dirs).all()
     checks += _kernel_links()
     checks += _kernel_firewalls()
     checks.append(_ip_forward(networks))

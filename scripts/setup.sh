@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Installs nsrun on a Debian 12 (or newer) machine, as root:
-#   scripts/setup.sh            system packages, then nsrun in a venv at /opt/nsrun, linked as /usr/local/bin/nsrun
-#   scripts/setup.sh --system   system packages only (what the test suite needs from apt)
+#   scripts/setup.sh                 system packages, then nsrun in a venv at /opt/nsrun, linked as /usr/local/bin/nsrun
+#   scripts/setup.sh --system        system packages only (what the test suite needs from apt)
+#   scripts/setup.sh --link VENV     make Debian's libseccomp binding importable in VENV
+#   scripts/setup.sh --help          this text
 # Debian's python3 refuses system-wide pip installs (PEP 668), so nsrun lives in its own venv and only
-# the entry point is linked onto root's PATH, where `sudo nsrun` finds it.
+# the entry point is linked onto root's PATH, where `sudo nsrun` finds it. Needs network access to
+# Debian's package mirror and to PyPI.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,14 +14,22 @@ prefix=${NSRUN_PREFIX:-/opt/nsrun}
 
 # iproute2: the tests build their private worlds with ip(8); gcc + python3-dev: python-iptables compiles a
 # small C helper at install; iptables/nftables: the libraries the firewall backends load (and the CLIs
-# that `nsrun doctor` and users read rules with).
-packages=(python3 python3-venv python3-dev gcc iproute2 iptables nftables libnftables1 util-linux procps)
+# that `nsrun doctor` and users read rules with); python3-seccomp: libseccomp's own Python binding, which
+# builds the sandbox's seccomp filter (not on PyPI; linked into the venv).
+packages=(python3 python3-venv python3-dev gcc iproute2 iptables nftables libnftables1 python3-seccomp util-linux procps)
 
-install_system_packages() {
+usage() {
+  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+require_root() {
   if [[ $(id -u) -ne 0 ]]; then
     echo "setup.sh: must run as root (try: sudo $0)" >&2
     exit 1
   fi
+}
+
+install_system_packages() {
   local missing=()
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,12 +42,29 @@ install_system_packages() {
   fi
 }
 
+# libseccomp's binding is one extension module built for Debian's python3: link just that module
+# into the venv (a --system-site-packages venv would let every Debian python3-* package leak in).
+link_system_modules() {
+  local venv=$1 module site
+  module=$(/usr/bin/python3 -c 'import seccomp; print(seccomp.__file__)')
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  ln -sf "$module" "$site/"
+}
+
 install_nsrun() {
   /usr/bin/python3 -m venv "$prefix"
+  # wheel first: python-iptables then builds as a wheel, without pip's legacy `setup.py install` warning
+  "$prefix/bin/pip" install -q --disable-pip-version-check wheel
   "$prefix/bin/pip" install -q --disable-pip-version-check "$here"
+  link_system_modules "$prefix"
   ln -sf "$prefix/bin/nsrun" /usr/local/bin/nsrun
   echo "setup.sh: nsrun installed in $prefix, linked as /usr/local/bin/nsrun"
 }
 
-install_system_packages
-[[ ${1:-} == --system ]] || install_nsrun
+case ${1:-} in
+  -h | --help) usage ;;
+  --system) require_root && install_system_packages ;;
+  --link) link_system_modules "${2:?usage: setup.sh --link VENV}" ;;
+  "") require_root && install_system_packages && install_nsrun ;;
+  *) usage >&2 && exit 2 ;;
+esac

@@ -13,7 +13,9 @@ stamp="$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [[ ! -e $stamp ]]; then
   rm -rf "$venv"
   /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check wheel
   "$venv/bin/pip" install -q --disable-pip-version-check -e ".[test]"
+  "$here/scripts/setup.sh" --link "$venv"
   touch "$stamp"
 fi
 

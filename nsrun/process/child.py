@@ -1,77 +1,160 @@
-"""What the command's process does between fork and exec, described as data by the parent.
+"""The last steps before the command runs, in the forked child that becomes it.
 
-The parent decides everything (which namespaces, which files over which, which user) before it
-forks; `enter` only carries that out, in an order the kernel imposes: namespaces and mounts need
-root, so they come before the switch of user, which also clears the parent-death signal.
+Order matters and is the kernel's: a new session first (no controlling terminal of the caller's
+to inject into), then the terminal of its own, signals back to defaults, the capability bounding
+set, the user switch (which empties a non-root command's capabilities), the capabilities a root
+command keeps, no_new_privs, and seccomp last but one, so the filter sees only the exec. Any
+failure is written to `report_fd` (close-on-exec: silence means the exec worked) and ends the
+child with 127 (not found) or 126 (not executable) or 125.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
-from dataclasses import dataclass, field
-from typing import Final
+import termios
+from typing import TYPE_CHECKING, Final, NoReturn
 
-from nsrun.process import namespaces
+from nsrun.process import libc
 
-__all__ = ["ChildPlan", "Credentials", "enter"]
+if TYPE_CHECKING:
+    from nsrun.process.plan import ProcessPlan
+
+__all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "EXIT_SETUP_FAILED", "exec_command", "exit_code_for"]
 
 EXIT_SETUP_FAILED: Final = 125
+EXIT_CANNOT_EXECUTE: Final = 126
+EXIT_NOT_FOUND: Final = 127
+_CAP_LAST_CAP: Final = "/proc/sys/kernel/cap_last_cap"
+_DEFAULT_CAP_LAST: Final = 40
+_NOT_FOUND: Final = (errno.ENOENT, errno.ENOTDIR)
 
 
-@dataclass(frozen=True)
-class Credentials:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
+def exit_code_for(code: int) -> int:
+    return EXIT_NOT_FOUND if code in _NOT_FOUND else EXIT_CANNOT_EXECUTE
 
 
-@dataclass(frozen=True)
-class ChildPlan:
-    parent_pid: int
-    netns_fd: int | None = None
-    # the sandbox's own mount and UTS namespaces; a joiner (`nsrun exec`) enters existing ones instead
-    private_mounts: bool = False
-    hostname: str | None = None
-    remount_sys: bool = False
-    binds: tuple[tuple[str, str], ...] = ()  # (source file, target path)
-    join_fds: tuple[tuple[int, int], ...] = ()  # (fd, CLONE_NEW* type) of namespaces to enter
-    credentials: Credentials | None = None
-    workdir: str | None = None
-    reset_signals: tuple[int, ...] = field(default=())
+def _last_cap() -> int:
+    try:
+        with open(_CAP_LAST_CAP) as source:
+            return int(source.read())
+    except (OSError, ValueError):
+        return _DEFAULT_CAP_LAST
 
 
-def _watch_parent(parent: int) -> None:
-    namespaces.prctl(namespaces.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(EXIT_SETUP_FAILED)
+def _reset_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                continue
 
 
-def enter(plan: ChildPlan) -> None:
-    _watch_parent(plan.parent_pid)
-    if plan.netns_fd is not None:
-        namespaces.setns(plan.netns_fd, namespaces.CLONE_NEWNET)
-    for fd, nstype in plan.join_fds:
-        namespaces.setns(fd, nstype)
-    if plan.private_mounts:
-        namespaces.unshare(namespaces.CLONE_NEWNS | namespaces.CLONE_NEWUTS)
-        # mounts made here must never propagate back to the host
-        namespaces.mount(None, "/", None, namespaces.MS_REC | namespaces.MS_SLAVE)
-        if plan.remount_sys:
-            # sysfs shows the network namespace of whoever mounted it: remount it as ours
-            namespaces.umount("/sys")
-            namespaces.mount("sysfs", "/sys", "sysfs", 0)
-        for source, target in plan.binds:
-            namespaces.mount(source, target, None, namespaces.MS_BIND)
-        if plan.hostname:
-            namespaces.sethostname(plan.hostname)
-    if plan.credentials is not None:
-        creds = plan.credentials
-        os.setgroups(list(creds.groups))
-        os.setresgid(creds.gid, creds.gid, creds.gid)
-        os.setresuid(creds.uid, creds.uid, creds.uid)  # drops every capability
-        _watch_parent(plan.parent_pid)  # a change of credentials clears the parent-death signal
-    if plan.workdir is not None:
-        os.chdir(plan.workdir)
-    for sig in plan.reset_signals:
-        signal.signal(sig, signal.SIG_DFL)
+def _take_terminal(tty_fd: int) -> None:
+    fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
+    for target in (0, 1, 2):
+        os.dup2(tty_fd, target)
+    if tty_fd > 2:  # noqa: PLR2004  # stdio are 0-2
+        os.close(tty_fd)
+
+
+def _drop_privileges(plan: ProcessPlan) -> None:
+    keep = plan.confinement.caps if plan.identity.is_root else 0
+    for cap in range(_last_cap() + 1):
+        if not keep >> cap & 1:
+            libc.prctl(libc.PR_CAPBSET_DROP, cap)
+    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    if not plan.confinement.no_new_privs and plan.confinement.seccomp is not None:
+        # without no_new_privs only CAP_SYS_ADMIN may install a filter: do it while it is held
+        libc.load_seccomp(plan.confinement.seccomp)
+    identity = plan.identity
+    os.setgroups(list(identity.groups))
+    os.setresgid(identity.gid, identity.gid, identity.gid)
+    os.setresuid(identity.uid, identity.uid, identity.uid)  # a non-root uid loses every capability
+    libc.capset(keep, keep, 0)
+    if plan.confinement.no_new_privs:
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+        if plan.confinement.seccomp is not None:
+            libc.load_seccomp(plan.confinement.seccomp)
+
+
+def _unsearchable_parent(path: str) -> str | None:
+    """The first directory on `path` this (already switched) user may not search."""
+    parent = os.path.dirname(path)
+    parts = [p for p in parent.split("/") if p]
+    current = "/"
+    for part in parts:
+        current = os.path.join(current, part)
+        if os.path.isdir(current) and not os.access(current, os.X_OK):
+            return current
+    return None
+
+
+def _search_path(name: str, env: dict[str, str]) -> list[str]:
+    if "/" in name:
+        return [name]
+    directories = env.get("PATH", os.defpath).split(os.pathsep)
+    return [os.path.join(directory or ".", name) for directory in directories]
+
+
+def _explain(code: int, argv0: str, tried: str | None) -> str:
+    if code in _NOT_FOUND:
+        return f"running {argv0!r}: command not found (check its name and PATH)"
+    if code == errno.EACCES and tried is not None:
+        blocked = _unsearchable_parent(tried)
+        if blocked is not None:
+            return (
+                f"running {tried!r}: the directory {blocked} is not searchable by uid {os.getuid()}"
+                " (move the program elsewhere, or run it as another --user)"
+            )
+        return f"running {tried!r}: permission denied (is it executable by uid {os.getuid()}?)"
+    return f"running {argv0!r}: {os.strerror(code).lower()}"
+
+
+def _execute(plan: ProcessPlan) -> tuple[int, str | None]:
+    """exec; only returns (errno, the path whose failure counts) when every candidate failed."""
+    env = dict(plan.env)
+    argv = list(plan.argv)
+    candidates = [plan.program] if plan.program else _search_path(argv[0], env)
+    first_error: tuple[int, str | None] = (errno.ENOENT, None)
+    for path in candidates:
+        try:
+            os.execve(path, argv, env)  # noqa: S606  # the user's command, argv as given: no shell
+        except OSError as err:
+            code = err.errno or errno.ENOENT
+            # as execvp does: a missing candidate lets the search go on; the first other failure
+            # (found but not executable) is the one to report
+            if code not in _NOT_FOUND and first_error[1] is None:
+                first_error = (code, path)
+    return first_error
+
+
+def exec_command(plan: ProcessPlan, report_fd: int, tty_fd: int | None) -> NoReturn:
+    """Become the command. Never returns: either the exec replaces this process, or it exits."""
+    code = EXIT_SETUP_FAILED
+    try:
+        os.setsid()
+        if tty_fd is not None:
+            _take_terminal(tty_fd)
+        _reset_signals()
+        libc.close_range_cloexec(3)  # nothing of nsrun's reaches the command (report_fd included)
+        _drop_privileges(plan)
+        try:
+            os.chdir(plan.cwd)
+        except OSError as err:
+            raise OSError(
+                err.errno, f"changing to directory {plan.cwd!r}: {os.strerror(err.errno or 0).lower()}"
+            ) from err
+        failure, tried = _execute(plan)
+        code = exit_code_for(failure)
+        message = _explain(failure, plan.argv[0], tried)
+    except BaseException as err:  # noqa: BLE001  # anything here is reported, then the child ends
+        message = f"preparing the sandbox: {err}"
+    try:
+        os.write(report_fd, f"{code} {message}".encode()[:1024])
+    finally:
+        os._exit(code)

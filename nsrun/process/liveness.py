@@ -1,4 +1,5 @@
-"""Who is alive: lease holders (pid + start time, so a reused pid does not count) and netns members."""
+"""Who is alive: holders of leases and records (pid + start time, so a reused pid does not count),
+and the processes in a network namespace. Reads /proc directly: no library on the launch path."""
 
 from __future__ import annotations
 
@@ -6,33 +7,57 @@ import os
 import signal
 from typing import Final
 
-import psutil
+__all__ = ["holder_alive", "kill_netns_members", "pid_namespace", "port_holder", "start_time"]
 
-__all__ = ["holder_alive", "kill_netns_members", "start_time"]
+_STARTTIME_FIELD: Final = 19  # of /proc/PID/stat, counted after the command name
+_STATE_FIELD: Final = 0
 
-# psutil derives start times from boot time and clock ticks: equal for one process, within rounding
-_SAME_START: Final = 0.01
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as source:
+            raw = source.read().decode(errors="replace")
+    except OSError:
+        return None
+    # the command name is in parentheses and may itself contain spaces and parentheses
+    return raw[raw.rfind(")") + 2 :].split()
 
 
 def start_time(pid: int) -> float:
-    return float(psutil.Process(pid).create_time())
+    """When `pid` started, in clock ticks since boot: with the pid, it names one process ever."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
+    return float(fields[_STARTTIME_FIELD])
 
 
-def holder_alive(pid: int, started: float) -> bool:
-    try:
-        process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - started) < _SAME_START
+def pid_namespace() -> int:
+    """The inode of this process's PID namespace: the one its pids (and a holder's) belong to."""
+    return os.stat("/proc/self/ns/pid").st_ino
 
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+
+def holder_alive(pid: int, started: float, pidns: int = 0) -> bool:
+    """Whether the process (pid, start time) of PID namespace `pidns` still runs. From another PID
+    namespace (nsrun inside a sandbox) its pid means nothing: it counts as alive, so that state
+    is never reclaimed by someone who cannot see its holder."""
+    if pidns and pidns != pid_namespace():
+        return True
+    fields = _stat_fields(pid)
+    if fields is None or fields[_STATE_FIELD] in ("Z", "X"):
         return False
+    return float(fields[_STARTTIME_FIELD]) == started
 
 
 def kill_netns_members(inode: int) -> list[int]:
-    """SIGKILL every process whose network namespace has this inode; the pids it signalled."""
+    """SIGKILL every process whose network namespace has this inode; the pids it signalled.
+    Call only while holding that namespace (an fd), so the inode cannot have been reused."""
     killed = []
-    for pid in psutil.pids():
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
         try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino != inode:
+            if pid == os.getpid() or os.stat(f"/proc/{pid}/ns/net").st_ino != inode:
                 continue
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -43,6 +68,8 @@ def kill_netns_members(inode: int) -> list[int]:
 
 def port_holder(port: int, proto: str) -> str:
     """Who holds a local port, as `pid N (name)`, for an error message."""
+    import psutil  # only on this error path
+
     kind = "tcp4" if proto == "tcp" else "udp4"
     for conn in psutil.net_connections(kind=kind):
         if conn.laddr and conn.laddr.port == port and (proto == "udp" or conn.status == psutil.CONN_LISTEN):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -107,7 +108,7 @@ def test_name_ls_exec_and_ip_netns_exec(world: World, tmp_path: Path) -> None:
     assert "already used" in clash.stderr
     lingering = world.popen("ip", "netns", "exec", "web", "sleep", "300")
     web.terminate()
-    assert web.wait(timeout=10) == 143
+    assert web.wait(timeout=10) == -signal.SIGTERM  # nsrun dies of the signal its command died of
     assert lingering.wait(timeout=10) != 0  # what joined the namespace ended with the sandbox
     assert "web" not in world.run("ip", "netns", "list").stdout
     assert world.nsrun("exec", "web", "true").returncode == 125
@@ -137,8 +138,7 @@ def test_env_and_workdir(world: World, tmp_path: Path) -> None:
 
 
 def test_net_sandbox_joins_a_running_sandbox(world: World, tmp_path: Path) -> None:
-    nsrun_ls = [sys.executable, "-m", "nsrun", "ls", "--json"]  # run from inside the joiner itself
-    ready = tmp_path / "ready"
+    ready, ready2 = tmp_path / "ready", tmp_path / "ready2"
     first = world.nsrun_popen("--name", "first", "--", "sh", "-c", f"touch {ready}; exec sleep 300")
     world.wait_for(ready.exists, what="sandbox start")
     world.wait_for(lambda: "first" in world.nsrun("ls").stdout, what="ls")
@@ -146,12 +146,33 @@ def test_net_sandbox_joins_a_running_sandbox(world: World, tmp_path: Path) -> No
     joined = world.nsrun("--net", "sandbox:first", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert joined.returncode == 0, joined.stderr
     assert joined.stdout.split()[3] == own
-    listed = world.nsrun("--net", "sandbox:first", "--name", "second", "--", *nsrun_ls)
-    assert listed.returncode == 0, listed.stderr
-    networks = {entry["name"]: entry["network"] for entry in json.loads(listed.stdout)}
+    second = world.nsrun_popen(
+        "--net", "sandbox:first", "--name", "second", "--", "sh", "-c", f"touch {ready2}; exec sleep 300"
+    )
+    world.wait_for(ready2.exists, what="second sandbox start")
+    listed = json.loads(world.nsrun("ls", "--json").stdout)
+    networks = {entry["name"]: entry["network"] for entry in listed}
     assert networks == {"first": "nsrun", "second": "sandbox:first"}
     first.terminate()
+    second.terminate()
     first.wait(timeout=10)
+    second.wait(timeout=10)
+
+
+def test_nsrun_inside_a_sandbox_refuses_and_reclaims_nothing(world: World, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    web = world.nsrun_popen("--name", "web", "--", "sh", "-c", f"touch {ready}; exec sleep 300")
+    world.wait_for(ready.exists, what="sandbox start")
+    world.wait_for(lambda: "web" in world.nsrun("ls").stdout, what="ls")
+    before = world.snapshot()
+    # root inside a sandbox cannot see the shims' pids: it must not take their state for stale
+    inner = world.nsrun("--", sys.executable, "-m", "nsrun", "ls")
+    assert inner.returncode == 125, inner.stderr
+    assert "needs root with CAP_SYS_ADMIN" in inner.stderr
+    assert world.snapshot() == before
+    assert "web" in world.nsrun("ls").stdout
+    web.terminate()
+    web.wait(timeout=10)
 
 
 @pytest.mark.parametrize(

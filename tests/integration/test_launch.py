@@ -65,8 +65,9 @@ def test_inside_has_lo_up_eth0_address_and_default_route(world: World) -> None:
         pytest.param(["true"], 0, id="success"),
         pytest.param(["no-such-command-here"], 127, id="not-found"),
         pytest.param(["/etc/hostname"], 126, id="not-executable"),
-        pytest.param(["sh", "-c", "kill -TERM $$"], 143, id="killed-by-sigterm"),
-        pytest.param(["sh", "-c", "kill -KILL $$"], 137, id="killed-by-sigkill"),
+        # nsrun dies of the signal its command died of, as a shell expects (its status: -N)
+        pytest.param(["sh", "-c", "kill -TERM $$"], -signal.SIGTERM, id="killed-by-sigterm"),
+        pytest.param(["sh", "-c", "kill -KILL $$"], -signal.SIGKILL, id="killed-by-sigkill"),
     ],
 )
 def test_exit_status(world: World, argv: list[str], status: int) -> None:
@@ -122,7 +123,8 @@ def test_parallel_launches_get_distinct_addresses(world: World, tmp_path: Path) 
     script = (
         f"import os, time, socket, fcntl, struct\n"
         f"addr = os.popen('ip -4 -o addr show eth0').read().split()[3]\n"
-        f"open(os.path.join({str(tmp_path)!r}, str(os.getpid())), 'w').write(addr)\n"
+        # a random name: every sandbox is PID 2 of its own PID namespace
+        f"open(os.path.join({str(tmp_path)!r}, os.urandom(8).hex()), 'w').write(addr)\n"
         f"deadline = time.time() + 120\n"
         f"while len(os.listdir({str(tmp_path)!r})) < {count} and time.time() < deadline: time.sleep(0.1)\n"
     )
@@ -150,35 +152,29 @@ def test_small_network_serves_many_launches_one_after_another(world: World) -> N
 def test_sigkill_of_nsrun_kills_command_and_frees_address(world: World, tmp_path: Path) -> None:
     # a /30 has a single address for sandboxes: the next launch only works if it is reclaimed
     assert world.nsrun("network", "create", "one", "--subnet", "10.125.0.0/30").returncode == 0
-    pidfile = tmp_path / "pids"
+    ready = tmp_path / "ready"
+    # the grandchild ignores SIGTERM: only the end of the PID namespace takes it along
     launcher = world.nsrun_popen(
-        "--network",
-        "one",
-        "--",
-        "sh",
-        "-c",
-        f"sleep 300 & echo $$ $! > {pidfile}; wait",
+        "--network", "one", "--", "sh", "-c", f"(trap '' TERM; exec sleep 301.25) & touch {ready}; wait"
     )
-    world.wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="sandbox start")
-    command, grandchild = (int(p) for p in pidfile.read_text().split())
+    world.wait_for(ready.exists, what="sandbox start")
+    world.wait_for(lambda: world.pids_running("sleep 301.25"), what="the grandchild")
     busy = world.nsrun("--network", "one", "--", "true")
     assert busy.returncode == 125
     assert "no free address" in busy.stderr
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    world.wait_for(lambda: not _alive(command), what="the command to die with nsrun")
+    world.wait_for(lambda: not world.pids_running("301.25"), what="everything in the sandbox to die with nsrun")
     result = world.nsrun("--network", "one", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert result.returncode == 0, result.stderr
     assert "10.125.0.2/30" in result.stdout
-    assert not _alive(grandchild)  # reclaiming the lease ended what was left in its namespace
     assert not [n for n in world.links() if n.startswith("nsv")]
 
 
-def test_leftover_processes_are_ended_with_the_command(world: World, tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    result = world.nsrun("--", "sh", "-c", f"setsid sleep 300 > /dev/null 2>&1 & echo $! > {pidfile}")
+def test_leftover_processes_are_ended_with_the_command(world: World) -> None:
+    result = world.nsrun("--", "sh", "-c", "setsid sleep 302.25 > /dev/null 2>&1 &")
     assert result.returncode == 0, result.stderr
-    assert not _alive(int(pidfile.read_text()))
+    assert not world.pids_running("sleep 302.25")
     assert not [n for n in world.links() if n.startswith("nsv")]
 
 
@@ -225,14 +221,6 @@ def test_no_leftovers_after_sandboxes_end(world: World) -> None:
         assert world.nsrun("--", "sh", "-c", "sleep 0.1 &").returncode == 0
     assert world.snapshot() == before
     assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["sandboxes"] == []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_masquerade_is_seen_by_the_wan_server_log(world: World) -> None:

@@ -64,7 +64,7 @@ def test_published_port_is_reachable_from_everywhere(world: World) -> None:
     assert listing[0]["ports"] == ["8081:9000/tcp"]
     assert "0.0.0.0:8081->9000/tcp" in world.nsrun("ls").stdout
     web.terminate()
-    assert web.wait(timeout=10) == 143
+    assert web.wait(timeout=10) == -signal.SIGTERM
     assert not _answers(world, wan, UPLINK_ADDRESS, 8081)
     assert not _answers(world, [], "127.0.0.1", 8081)
     again = _publish(world, "-p", "8081:9000")  # at once, no leftover in the way

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from nsrun import cli
-from nsrun.process.supervisor import exit_status
-from nsrun.sandbox import NetMode, SandboxRequest
+from nsrun.cli import app as cli
+from nsrun.launch.request import NetMode, SandboxRequest
+from nsrun.process.shim import exit_status
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        cli.main(list(argv))
+    status = cli.run_cli(list(argv))
     out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return status, out, err
 
 
 @pytest.mark.parametrize(
@@ -52,19 +53,34 @@ def test_request_keeps_command_options_and_separators() -> None:
 
 def test_launcher_group_routes_command_words(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[SandboxRequest] = []
-    monkeypatch.setattr(cli, "_run", lambda request: seen.append(request) or 0)
+    monkeypatch.setattr(cli, "_launch", lambda request: seen.append(request) or 0)
+    monkeypatch.setattr(cli, "_require_root", lambda: None)
     for argv, expected in [
         (["--net", "none", "--", "network", "ls"], ("network", "ls")),  # after --: a command named network
         (["cat", "-n", "--net", "x"], ("cat", "-n", "--net", "x")),  # a first word that is no subcommand
         (["--", "ls", "-l"], ("ls", "-l")),  # after --, even a subcommand's name is the command
         (["--", "--help"], ("--help",)),
     ]:
-        with pytest.raises(SystemExit) as info:
-            cli.main(argv)
-        assert info.value.code == 0
+        assert cli.run_cli(argv) == 0
         assert seen.pop().argv == expected
 
 
-@pytest.mark.parametrize(("returncode", "status"), [(0, 0), (42, 42), (-15, 143), (-9, 137)])
-def test_exit_status_of_signals(returncode: int, status: int) -> None:
-    assert exit_status(returncode) == status
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(0, 0), (42 << 8, 42), (15, 143), (9, 137)],
+    ids=["success", "exit-42", "sigterm", "sigkill"],
+)
+def test_exit_status_of_signals(status: int, code: int) -> None:
+    assert exit_status(status) == code
+
+
+def test_non_root_is_refused_before_anything(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    status, out, err = run_cli(capsys, "--", "true")
+    assert status == 125
+    assert out == ""
+    assert err.startswith("nsrun: nsrun needs root: ")
+    assert err.endswith(" (run it with sudo)\n")
+    assert err.count("\n") == 1

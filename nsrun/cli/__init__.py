@@ -1,0 +1,1 @@
+"""The command line: a fast entry point (`entry`) and the typer application (`app`)."""

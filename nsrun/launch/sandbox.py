@@ -1,0 +1,415 @@
+"""One sandbox, orchestrated: set up the host side, start the shim, tear everything down.
+
+    sandbox = Sandbox(SandboxRequest.parse(["server"], name="web"))
+    sandbox.setup()                 # record, namespace, address, veth, rules, /etc files, plan
+    try:
+        outcome = sandbox.run()     # the shim, in this (dedicated) process
+    finally:
+        sandbox.teardown()          # every undo, newest first; failures collected, not fatal
+
+Setup validates everything first, then acts, registering each undo right after its step (and
+checking `checkpoint` there, so an interruption always leaves a consistent state to undo);
+teardown runs every undo, treats "already gone" as done and collects failures instead of stopping.
+The shim (this process, or a subprocess the caller starts) is the holder named in the record and
+the lease: if it dies, they are stale and the next nsrun reclaims them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.errors import ConflictError, TeardownError, UsageError
+from nsrun.launch.records import is_stale, registry
+from nsrun.launch.request import JOIN_PREFIX, NetMode, SandboxRequest
+from nsrun.launch.view import plan_process
+from nsrun.state import files
+from nsrun.state.paths import StateDirs
+from nsrun.validate import parse_address, parse_publish
+
+if TYPE_CHECKING:
+    import ipaddress
+    import socket
+    from collections.abc import Callable
+
+    from nsrun.ipam.leases import Lease
+    from nsrun.net.plan import AttachPlan
+    from nsrun.networks.spec import NetworkSpec
+    from nsrun.process.plan import ProcessPlan
+    from nsrun.process.shim import Outcome, ShimFds, Started
+    from nsrun.state.registry import Registry, SandboxRecord
+
+__all__ = ["Holder", "Sandbox"]
+
+ETC_NETNS: Final = Path("/etc/netns")  # per-namespace /etc overrides, as `ip netns exec` applies them
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process whose death makes the sandbox's record and lease stale: its shim."""
+
+    pid: int
+    start_time: float
+    pidns: int  # the PID namespace its pid belongs to
+
+    @classmethod
+    def of(cls, pid: int) -> Holder:
+        from nsrun.process import liveness
+
+        return cls(pid, liveness.start_time(pid), liveness.pid_namespace())
+
+
+@dataclass
+class Sandbox:
+    request: SandboxRequest
+    dirs: StateDirs = field(default_factory=StateDirs)
+    holder: Holder = field(default_factory=lambda: Holder.of(os.getpid()))
+    sandbox_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    checkpoint: Callable[[], None] | None = None  # raises to abort set-up (an interrupt)
+    netns_fd: int | None = field(default=None, init=False)
+    network: NetworkSpec | None = field(default=None, init=False)
+    lease: Lease | None = field(default=None, init=False)
+    record: SandboxRecord | None = field(default=None, init=False)
+    address6: ipaddress.IPv6Address | None = field(default=None, init=False)
+    mac: str | None = field(default=None, init=False)
+    plan: ProcessPlan | None = field(default=None, init=False)
+    warnings: list[str] = field(default_factory=list, init=False)
+    _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
+    _failures: list[str] = field(default_factory=list, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.request.name or self.sandbox_id
+
+    @property
+    def hostname(self) -> str:
+        return self.request.hostname or self.name
+
+    @property
+    def address(self) -> str | None:
+        return self.lease.address if self.lease else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        with contextlib.ExitStack() as stack:
+            self._undo = stack
+            self._register()
+            if self.request.net is NetMode.NONE:
+                self._open_netns()
+            elif self.request.net is NetMode.BRIDGE:
+                self._setup_bridged()
+            elif self.request.net is NetMode.SANDBOX:
+                self._join_netns()
+            binds = self._write_etc_files()
+            self.plan = plan_process(self.request, self.hostname, binds)
+            self._undo = stack.pop_all()
+
+    def shim_fds(self) -> ShimFds:
+        from nsrun.process.shim import ShimFds
+
+        return ShimFds(netns=self.netns_fd)
+
+    def run(self) -> Outcome:
+        """The shim, in this process: call only from a process dedicated to this sandbox."""
+        from nsrun.process.shim import Shim
+
+        if self.plan is None:
+            raise RuntimeError("run() before setup()")
+        shim = Shim(self.plan, self.shim_fds(), on_started=self.started)
+        # the pinned namespaces close last: whatever joined the sandbox is ended while they hold
+        self._step("closing the sandbox's namespaces", shim.close)
+        return shim.run()
+
+    def started(self, started: Started) -> None:
+        """The command runs: record where its namespaces are pinned and give its netns its name."""
+        if self.record is None:
+            raise RuntimeError("started() before setup()")
+        pinned = {kind: (fd, os.fstat(fd).st_ino) for kind, fd in started.namespace_fds.items()}
+        addresses: tuple[str, ...] = (self.lease.address,) if self.lease else ()
+        if self.address6 is not None:
+            addresses += (str(self.address6),)
+        self.record = replace(
+            self.record,
+            init_pid=started.init_pid,
+            child_pid=started.command_pid,
+            addresses=addresses,
+            namespaces=pinned,
+        )
+        reg = self._registry()
+        reg.update(self.record)
+        if self.record.netns_name and "net" in started.namespace_fds:
+            from nsrun.process import liveness
+
+            # what joined through `ip netns exec` ends with the sandbox, while the netns is pinned
+            self._step("ending what joined the sandbox", liveness.kill_netns_members, pinned["net"][1])
+            reg.bind_netns(self.record, f"/proc/{self.holder.pid}/fd/{started.namespace_fds['net']}")
+            self._step(f"removing /run/netns/{self.record.netns_name}", reg.unbind_netns, self.record)
+
+    def teardown(self) -> None:
+        """Undo every setup step, newest first; raise TeardownError listing what failed."""
+        self._failures = []
+        self._undo.close()
+        if self._failures:
+            raise TeardownError(self._failures)
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _step(self, description: str, undo: Callable[..., Any], *args: Any) -> None:
+        """Register an undo that records its failure instead of stopping the others; then let an
+        interrupt through, now that what was just done will be undone."""
+
+        def guarded() -> None:
+            try:
+                undo(*args)
+            except Exception as err:  # noqa: BLE001  # every undo must run; failures are reported together
+                self._failures.append(f"{description}: {err}")
+
+        self._undo.callback(guarded)
+        if self.checkpoint is not None:
+            self.checkpoint()
+
+    def _registry(self) -> Registry:
+        return registry(self.dirs)
+
+    def _register(self) -> None:
+        from nsrun.confine.capabilities import resolve_caps
+        from nsrun.launch.identity import command_environment
+        from nsrun.state.registry import SandboxRecord
+
+        request = self.request
+        identity = request.user.identity
+        environment = command_environment(dict(request.environ), request.user, request.env)
+        record = SandboxRecord(
+            sandbox_id=self.sandbox_id,
+            name=self.name,
+            pid=self.holder.pid,
+            start_time=self.holder.start_time,
+            pidns=self.holder.pidns,
+            network=self._network_label(),
+            command=request.argv,
+            created=time.time(),
+            netns_name=request.name if request.name and request.owns_netns else None,
+            ports=tuple(mapping.spec() for mapping in request.publish),
+            uid=identity.uid,
+            gid=identity.gid,
+            groups=identity.groups,
+            env=tuple(environment.items()),
+            caps=resolve_caps(request.cap_add, request.cap_drop, privileged=request.privileged),
+            no_new_privs=request.no_new_privs,
+            seccomp=request.seccomp,
+            privileged=request.privileged,
+            hostname=self.hostname,
+            cwd=request.cwd,
+        )
+        reg = self._registry()
+        held: list[socket.socket] = []
+        try:
+            reg.register(record, is_stale, check=lambda live: held.extend(self._reserve_ports(live)))
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+        self.record = record
+        self._step("removing the sandbox's record", reg.remove, record)
+        # closed before the record goes, so a port is never both unlisted and still held
+        for sock in held:
+            self._step("releasing a published host port", sock.close)
+
+    def _network_label(self) -> str:
+        if self.request.net is NetMode.BRIDGE:
+            return self.request.network
+        if self.request.net is NetMode.SANDBOX:
+            return f"{JOIN_PREFIX}{self.request.join}"
+        return self.request.net.value
+
+    def _reserve_ports(self, live: list[SandboxRecord]) -> list[socket.socket]:
+        """Under the registry's lock: no live sandbox publishes these host ports, and no host
+        process holds them; each is then held by a bound socket until teardown."""
+        from nsrun.net.hostports import reserve_host_port
+
+        for mapping in self.request.publish:
+            for record in live:
+                if any(mapping.collides(parse_publish(spec)) for spec in record.ports):
+                    raise ConflictError(
+                        f"publishing host port {mapping.host_port}/{mapping.proto}",
+                        f"sandbox {record.name!r} (pid {record.child_pid or record.pid}) publishes it",
+                        "choose another host port, or end that sandbox",
+                    )
+        held: list[socket.socket] = []
+        try:
+            held.extend(reserve_host_port(mapping) for mapping in self.request.publish)
+        except BaseException:
+            for sock in held:
+                sock.close()
+            raise
+        return held
+
+    def _write_etc_files(self) -> list[tuple[str, str]]:
+        """The sandbox's hosts, hostname and resolv.conf; returns (source, /etc target) binds."""
+        from nsrun import etc
+
+        own_net = self.request.net is not NetMode.HOST
+        directory = self._registry().files(self.sandbox_id)
+        files.ensure_dir(directory, root=self.dirs.run)
+        resolv = etc.plan_resolv(etc.read_host_resolv(), self.request.dns)
+        if resolv.warning and own_net:
+            self.warnings.append(resolv.warning)
+        hosts = etc.hosts_file(self.hostname, self.lease.address if self.lease else None)
+        for filename, text in (("resolv.conf", resolv.text), ("hosts", hosts), ("hostname", self.hostname + "\n")):
+            files.write_file(directory / filename, text, files.PUBLIC_FILE_MODE)
+        binds = [(str(directory / "hosts"), "/etc/hosts")]
+        if Path("/etc/hostname").exists():
+            binds.append((str(directory / "hostname"), "/etc/hostname"))
+        if own_net or self.request.dns:
+            binds.append((str(directory / "resolv.conf"), "/etc/resolv.conf"))
+        overrides = ETC_NETNS / self.name
+        if self.request.name and overrides.is_dir():
+            for path in sorted(overrides.iterdir()):
+                if path.is_file() and not (path.name == "resolv.conf" and self.request.dns):
+                    binds = [b for b in binds if b[1] != f"/etc/{path.name}"] + [(str(path), f"/etc/{path.name}")]
+        return [(src, dst) for src, dst in binds if Path(dst).exists()]
+
+    def _join_netns(self) -> None:
+        from nsrun.launch.joining import open_pinned
+
+        if self.request.join is None:
+            raise UsageError("--net sandbox:", "no sandbox name given")
+        target = self._registry().find(self.request.join, is_stale)
+        fd = open_pinned(target, "net")
+        self.netns_fd = fd
+        self._step("closing the joined namespace", os.close, fd)
+
+    def _open_netns(self) -> Any:
+        from nsrun.net import netlink, sysctl  # pyroute2 is slow to import; --net host never needs it
+
+        fd, inner = netlink.open_in_new_netns(inside=sysctl.prepare_sandbox_netns)
+        self.netns_fd = fd
+        self._step("closing the sandbox namespace", os.close, fd)
+        self._step("closing the sandbox netlink socket", inner.close)
+        netlink.loopback_up(inner)
+        return inner
+
+    def _setup_bridged(self) -> None:
+        from nsrun.ipam.allocator import allocate
+        from nsrun.ipam.leases import LeaseStore
+        from nsrun.net import netlink
+        from nsrun.net.plan import AttachPlan, host_veth_name
+        from nsrun.networks import manager
+
+        host = netlink.IPRoute()
+        self._step("closing the host netlink socket", host.close)
+        network = manager.load_network(self.dirs, host, self.request.network, check=self._check_address)
+        self.network = network
+        inner = self._open_netns()
+        veth = host_veth_name(self.sandbox_id)
+        store = LeaseStore(self.dirs.leases(network.name), root=self.dirs.run)
+        with store.locked():
+            manager.ensure_loaded(self.dirs, network)
+            manager.sweep_stale_leases(host, store)
+            lease = allocate(network.name, network.pool, store, self._lease_factory(veth), self.request.ip)
+            self.lease = lease
+            self._undo.callback(self._release, store, lease)
+            bridge_index, network = manager.ensure_host_side(self.dirs, host, network)
+            self.network = network
+        if self.checkpoint is not None:
+            self.checkpoint()
+        address = parse_address(lease.address)
+        plan = AttachPlan(
+            bridge=network.bridge,
+            host_veth=veth,
+            address=address,
+            subnet=network.subnet,
+            gateway=network.gateway,
+            mac=self.request.mac,
+            mtu=network.mtu or netlink.default_route_mtu(host),
+            default_route=not network.internal,
+            address6=network.address6_for(address),
+            prefixlen6=network.subnet6.prefixlen if network.subnet6 else None,
+            gateway6=network.gateway6,
+        )
+        self.address6 = plan.address6
+        if self.netns_fd is None:
+            raise RuntimeError("the sandbox's namespace is opened first")
+        netlink.create_veth(host, plan, self.netns_fd)
+        self._step(f"deleting veth {veth}", netlink.delete_link, host, veth)
+        self._guard_port(network, plan, netlink.link_mac(inner, plan.sandbox_ifname))
+        netlink.attach_veth(host, plan, bridge_index)
+        netlink.configure_sandbox(inner, plan)
+        if self.request.publish:
+            self._publish(network, plan.address)
+
+    def _guard_port(self, network: NetworkSpec, plan: AttachPlan, mac: str) -> None:
+        """Before the port joins the bridge: it may only send as the sandbox's own MAC and addresses."""
+        from nsrun.firewall import host as firewall
+        from nsrun.firewall.portguard import PortGuard
+
+        self.mac = mac
+        self._step("removing the sandbox's own rules", firewall.remove_sandbox_rules, self.sandbox_id)
+        guard = PortGuard(self.sandbox_id, plan.host_veth, mac, plan.address, plan.address6)
+        if not firewall.guard_port(network.firewall, guard) and network.firewall != "none":
+            self.warnings.append(
+                "nf_tables is not available: what the sandbox sends into its bridge is not filtered"
+                " (its MAC and addresses are not enforced)"
+            )
+
+    def _release(self, store: Any, lease: Lease) -> None:
+        """The lease goes under its network's lock, as every change of the leases does."""
+        try:
+            with store.locked():
+                store.release(lease)
+        except Exception as err:  # noqa: BLE001  # reported with the other teardown failures
+            self._failures.append(f"releasing address {lease.address}: {err}")
+
+    def _publish(self, network: NetworkSpec, address: ipaddress.IPv4Address) -> None:
+        from nsrun.firewall import host as firewall
+        from nsrun.firewall.rules import PortRules
+        from nsrun.net import netlink
+
+        # removed with the sandbox's other rules (the undo registered with its bridge-port filter)
+        firewall.publish_ports(network.firewall, PortRules(self.sandbox_id, address, self.request.publish))
+        for mapping in self.request.publish:
+            if mapping.proto == "udp":
+                netlink.flush_udp_conntrack(mapping.host_port)
+
+    def _check_address(self, network: NetworkSpec) -> None:
+        if self.request.publish and network.internal:
+            raise UsageError(
+                f"-p on network {network.name!r}", "it is internal: nothing outside may reach it", "use another network"
+            )
+        requested = self.request.ip
+        if requested is not None and not network.pool.is_assignable(requested):
+            raise UsageError(
+                f"invalid --ip {requested}",
+                f"network {network.name!r} assigns hosts of {network.subnet} except the gateway {network.gateway}",
+                "pick another address, or leave --ip out",
+            )
+
+    def _lease_factory(self, veth: str) -> Callable[[ipaddress.IPv4Address], Lease]:
+        from nsrun.ipam.leases import Lease
+        from nsrun.process import namespaces
+
+        if self.netns_fd is None:
+            raise RuntimeError("the sandbox's namespace is opened first")
+        inode = namespaces.netns_inode(f"/proc/self/fd/{self.netns_fd}")
+
+        def make(address: ipaddress.IPv4Address) -> Lease:
+            return Lease(
+                address=str(address),
+                sandbox_id=self.sandbox_id,
+                pid=self.holder.pid,
+                start_time=self.holder.start_time,
+                pidns=self.holder.pidns,
+                veth=veth,
+                netns_inode=inode,
+                name=self.name,
+                command=self.request.argv,
+                created=time.time(),
+            )
+
+        return make

@@ -1,0 +1,152 @@
+"""The sandbox's view of the filesystem, built by its init inside its own mount namespace.
+
+The host's tree stays (shared by default, as documented), seen through a slave copy: mounts made
+here never propagate back. What changes is what a container runtime changes: a procfs of the
+sandbox's PID namespace with the kernel's knobs read-only (as Docker does: /proc/sys writable by
+uid 0 would let a root command set core_pattern and run code as host root), a sysfs of its network
+namespace, a private /dev holding only safe device nodes and its own pseudo-terminals (no host
+disks, no other users' terminals), and the binds, tmpfs and read-only root the plan asks for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from typing import TYPE_CHECKING, Final
+
+from nsrun.process import libc
+from nsrun.process.plan import Mount, MountKind
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = ["apply_mounts"]
+
+_PROC_FLAGS: Final = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+# Docker's readonlyPaths and maskedPaths (moby oci/defaults.go)
+_PROC_READONLY: Final = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+_PROC_MASKED: Final = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+)
+_SYS_MASKED: Final = ("/sys/firmware", "/sys/devices/virtual/powercap")
+# (name, major, minor): what a program may need and no sandbox can misuse
+_DEVICES: Final = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
+_DEV_LINKS: Final = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+_TTY_GROUP: Final = 5  # Debian's tty group, the owner of terminals
+
+
+def _readonly(path: str) -> None:
+    libc.mount_setattr_readonly(path)
+
+
+def _bind(source: str, target: str, *, readonly: bool) -> None:
+    libc.mount(source, target, None, libc.MS_BIND | libc.MS_REC)
+    if readonly:
+        _readonly(target)
+
+
+def _mask(path: str) -> None:
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path):
+        libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY | _PROC_FLAGS, "size=0")
+    else:
+        libc.mount("/dev/null", path, None, libc.MS_BIND)
+
+
+def _proc() -> None:
+    with contextlib.suppress(OSError):  # the host's procfs, and what is mounted under it
+        libc.umount("/proc")
+    libc.mount("proc", "/proc", "proc", _PROC_FLAGS)
+
+
+def _harden_proc() -> None:
+    for path in _PROC_READONLY:
+        if os.path.exists(path):
+            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+            _readonly(path)
+    for path in _PROC_MASKED:
+        _mask(path)
+
+
+def _sysfs(*, readonly: bool) -> None:
+    with contextlib.suppress(OSError):
+        libc.umount("/sys")
+    # sysfs shows the network namespace of whoever mounts it: this one is the sandbox's
+    libc.mount("sysfs", "/sys", "sysfs", _PROC_FLAGS | (libc.MS_RDONLY if readonly else 0))
+    if readonly:
+        for path in _SYS_MASKED:
+            _mask(path)
+
+
+def _dev(tty_group: int) -> None:
+    libc.mount("tmpfs", "/dev", "tmpfs", libc.MS_NOSUID | libc.MS_NOEXEC, "mode=755,size=64k")
+    for name, major, minor in _DEVICES:
+        path = f"/dev/{name}"
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+        os.chmod(path, 0o666)  # noqa: S103  # /dev/null and friends are for everyone, as on the host
+    for name in ("pts", "shm", "mqueue"):
+        os.mkdir(f"/dev/{name}", 0o755)
+    # a devpts instance of the sandbox's own: its terminals, none of the host's
+    libc.mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc.MS_NOSUID | libc.MS_NOEXEC,
+        f"newinstance,ptmxmode=0666,mode=620,gid={tty_group}",
+    )
+    libc.mount("shm", "/dev/shm", "tmpfs", _PROC_FLAGS, "mode=1777")  # noqa: S108  # the sandbox's own
+    libc.mount("mqueue", "/dev/mqueue", "mqueue", _PROC_FLAGS)
+    for name, target in _DEV_LINKS:
+        os.symlink(target, f"/dev/{name}")
+
+
+def _tmpfs(target: str) -> None:
+    libc.mount("tmpfs", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777")
+
+
+def _apply(mount: Mount) -> None:
+    kind = mount.kind
+    if kind is MountKind.READONLY_ROOT:
+        _readonly("/")
+    elif kind is MountKind.PROC:
+        _proc()
+    elif kind is MountKind.PROC_HARDEN:
+        _harden_proc()
+    elif kind is MountKind.SYSFS:
+        _sysfs(readonly=mount.readonly)
+    elif kind is MountKind.SYS_READONLY:
+        _readonly("/sys")
+    elif kind is MountKind.DEV:
+        _dev(int(mount.source) if mount.source.isdigit() else _TTY_GROUP)
+    elif kind is MountKind.BIND:
+        _bind(mount.source, mount.target, readonly=mount.readonly)
+    elif kind is MountKind.TMPFS:
+        _tmpfs(mount.target)
+
+
+def apply_mounts(mounts: Iterable[Mount]) -> None:
+    """Carry out the plan's mounts in order; call in a fresh mount namespace, as root."""
+    # nothing mounted from here on may propagate back to the host
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    for mount in mounts:
+        try:
+            _apply(mount)
+        except OSError as err:
+            where = mount.target or mount.kind.value
+            raise OSError(err.errno, f"mounting {where}: {os.strerror(err.errno or 0)}") from err

@@ -1,0 +1,346 @@
+"""The shim: one small process per sandbox that waits beside it, as containerd's shim and Podman's
+conmon do. It holds file descriptors and pids, not libraries.
+
+It makes the sandbox's PID namespace and forks its init into it; pins the namespaces the init
+built (network, UTS, IPC, PID, mount) for `nsrun exec`; forwards every signal it gets to the
+command (through the init, which it alone may signal: its own child, whose pid cannot be reused
+before it is reaped); relays the sandbox's terminal to the caller's; and reports the command's
+status. It is the holder named in the sandbox's lease and record: if it dies, the init dies with
+it (parent-death signal), the kernel ends the whole PID namespace, and the next nsrun reclaims
+what is left on the host.
+
+It runs in a process of its own (the CLI process itself, or a small subprocess the library
+starts), because it changes process-wide state: the PID namespace of its children and the signal
+mask. Stdlib only: it starts in milliseconds and holds a few megabytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import select
+import signal
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.process import libc, terminal
+from nsrun.process.child import EXIT_SETUP_FAILED
+from nsrun.process.init import NAMESPACE_KINDS, forwardable_signals, run_init
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from nsrun.process.plan import ProcessPlan
+
+__all__ = ["Outcome", "Shim", "ShimFds", "Started", "exit_status"]
+
+_CHUNK: Final = 65536
+_MAX_MESSAGE: Final = 4096
+_MAX_FDS: Final = 8
+# left to their default action on the shim itself: a shim in the background that touches the
+# terminal stops, as any job does, and its shell takes the terminal back
+_NOT_FORWARDED: Final = frozenset({signal.SIGTTIN, signal.SIGTTOU})
+
+
+def exit_status(status: int) -> int:
+    """A raw wait status as a shell reports it: the exit code, or 128+N for death by signal N."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_SETUP_FAILED
+
+
+@dataclass
+class ShimFds:
+    """Descriptors the shim is handed, numbers in its own process."""
+
+    netns: int | None = None  # the sandbox's network namespace (None: the host's)
+    join: dict[str, int] | None = None  # `nsrun exec`: the running sandbox's pinned namespaces
+    control: int | None = None  # to the controller: EOF means it died and the sandbox must end
+    stdin: int = 0  # the command's stdio (and the terminal relayed, with a tty)
+    stdout: int = 1
+    stderr: int = 2
+
+
+@dataclass(frozen=True)
+class Started:
+    init_pid: int
+    command_pid: int  # in the host's PID namespace
+    namespace_fds: dict[str, int]  # kind -> fd held by the shim for the sandbox's life
+
+
+@dataclass
+class Outcome:
+    """How the sandbox ended: the command's raw wait status, or why it never ran."""
+
+    status: int | None = None
+    failure: str | None = None
+    failure_code: int = EXIT_SETUP_FAILED
+
+    @property
+    def exit_code(self) -> int:
+        if self.failure is not None:
+            return self.failure_code
+        return exit_status(self.status if self.status is not None else 0)
+
+    @property
+    def signal(self) -> int | None:
+        if self.failure is None and self.status is not None and os.WIFSIGNALED(self.status):
+            return os.WTERMSIG(self.status)
+        return None
+
+
+@dataclass
+class Shim:
+    plan: ProcessPlan
+    fds: ShimFds = field(default_factory=ShimFds)
+    on_started: Callable[[Started], None] | None = None
+    on_control: Callable[[dict[str, Any]], None] | None = None
+    namespace_fds: dict[str, int] = field(default_factory=dict)
+    init_pid: int | None = None
+    command_pid: int | None = None
+    _master: int | None = None
+    _outcome: Outcome = field(default_factory=Outcome)
+    _init_status: int | None = None
+    _command_done: bool = False
+
+    def run(self) -> Outcome:
+        """Start the sandbox's processes and wait until its init is gone; the namespace fds stay
+        open (call `close()` once the teardown no longer needs them)."""
+        sigs = forwardable_signals() - _NOT_FORWARDED
+        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        signals = libc.signalfd(sorted(sigs))
+        try:
+            sock = self._fork_init()
+            with contextlib.closing(sock):
+                self._loop(sock, signals)
+        finally:
+            os.close(signals)
+        return self._outcome
+
+    def close(self) -> None:
+        for fd in self.namespace_fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.namespace_fds.clear()
+
+    # -- start ------------------------------------------------------------------------------------
+
+    def _fork_init(self) -> socket.socket:
+        if self.fds.join is not None:
+            libc.setns(self.fds.join["pid"], libc.CLONE_NEWPID)  # the next child is inside it
+        elif self.plan.new_pid_namespace:
+            libc.unshare(libc.CLONE_NEWPID)  # the next child is PID 1 of a new namespace
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            self._child_stdio()
+            run_init(self.plan, theirs, self.fds.netns, self.fds.join)
+        theirs.close()
+        self.init_pid = pid
+        return ours
+
+    def _child_stdio(self) -> None:
+        for fd, target in ((self.fds.stdin, 0), (self.fds.stdout, 1), (self.fds.stderr, 2)):
+            if fd != target:
+                os.dup2(fd, target)
+
+    # -- wait -------------------------------------------------------------------------------------
+
+    def _loop(self, sock: socket.socket, signals: int) -> None:
+        relay = _Relay(self.fds.stdin, self.fds.stdout) if self.plan.tty else None
+        control = self.fds.control
+        with self._terminal(relay):
+            while self._init_status is None:
+                readers = [signals, sock.fileno()]
+                if control is not None:
+                    readers.append(control)
+                if relay is not None:
+                    readers += relay.readers(self._master)
+                try:
+                    ready, _, _ = select.select(readers, [], [])
+                except InterruptedError:
+                    continue
+                if sock.fileno() in ready:
+                    self._on_message(sock)
+                if signals in ready:
+                    self._on_signals(libc.signalfd_read(signals), relay)
+                if control is not None and control in ready and not self._on_control(control):
+                    control = None
+                if relay is not None and self._master is not None:
+                    relay.pump(ready, self._master)
+            while select.select([sock], [], [], 0)[0] and self._on_message(sock):
+                pass  # what the init said before it exited
+            if relay is not None and self._master is not None:
+                relay.drain(self._master)
+
+    @contextlib.contextmanager
+    def _terminal(self, relay: _Relay | None) -> Iterator[None]:
+        if relay is None or not terminal.is_terminal(self.fds.stdin):
+            yield
+            return
+        with terminal.raw_mode(self.fds.stdin):
+            yield
+
+    def _on_signals(self, received: list[tuple[int, int, int]], relay: _Relay | None) -> None:
+        for signo, _code, _sender in received:
+            if signo == signal.SIGCHLD:
+                self._reap()
+            elif signo == signal.SIGWINCH and relay is not None and self._master is not None:
+                terminal.copy_window_size(self.fds.stdin, self._master)
+            elif signo == signal.SIGTSTP and relay is None:
+                # job control without a terminal of its own: the command stops, and so does
+                # nsrun, so the shell gets the terminal back; `fg` sends SIGCONT, passed on too
+                self.forward(signo)
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                self.forward(signo)
+
+    def forward(self, signo: int) -> None:
+        """Pass a signal on to the command (through its init); dropped once the command ended."""
+        if self.init_pid is None or self._init_status is not None or self._command_done:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.init_pid, signo)
+
+    def kill(self) -> None:
+        """End the whole sandbox at once: SIGKILL of its init takes every process in it along."""
+        if self.init_pid is not None and self._init_status is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.init_pid, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        if self.init_pid is None:
+            return
+        try:
+            pid, status = os.waitpid(self.init_pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.init_pid, 0
+        if pid != self.init_pid:
+            return
+        self._init_status = status
+        if self._outcome.status is None and self._outcome.failure is None:
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_SETUP_FAILED:
+                self._outcome.failure = "preparing the sandbox: its init failed"
+            else:
+                self._outcome.status = status  # the init was killed: the command with it
+
+    def _on_message(self, sock: socket.socket) -> bool:
+        """Handle one message of the init; False when there was none (it closed its end)."""
+        try:
+            payload, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
+        except OSError:
+            return False
+        if not payload:
+            return False
+        message = json.loads(payload)
+        event = message.get("event")
+        if event == "ready":
+            self.namespace_fds = dict(zip(NAMESPACE_KINDS, fds, strict=False))
+            if self.plan.tty and len(fds) > len(NAMESPACE_KINDS):
+                self._master = fds[len(NAMESPACE_KINDS)]
+                terminal.copy_window_size(self.fds.stdin, self._master)
+        elif event == "started":
+            self.command_pid = self._command_host_pid()
+            if self.on_started is not None and self.init_pid is not None:
+                self.on_started(Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds)))
+        elif event == "exited":
+            self._command_done = True
+            self._outcome.status = int(message["status"])
+        elif event == "failed":
+            self._outcome.failure = str(message.get("message", "preparing the sandbox failed"))
+            self._outcome.failure_code = int(message.get("code", EXIT_SETUP_FAILED))
+        return True
+
+    def _command_host_pid(self) -> int | None:
+        """The command's pid as the host sees it: the init's only child."""
+        try:
+            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children") as source:
+                children = source.read().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def _on_control(self, fd: int) -> bool:
+        """A request from the controller; False once it is gone (then the sandbox ends)."""
+        try:
+            data = os.read(fd, _MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:
+            self.kill()
+            return False
+        for line in data.decode(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                request = json.loads(line)
+                if self.on_control is not None:
+                    self.on_control(request)
+                elif request.get("op") == "signal":
+                    self.forward(int(request["signal"]))
+                elif request.get("op") == "kill":
+                    self.kill()
+        return True
+
+
+class _Relay:
+    """Bytes between the caller's terminal and the sandbox's pseudo-terminal."""
+
+    def __init__(self, stdin: int, stdout: int) -> None:
+        self.stdin: int | None = stdin
+        self.stdout = stdout
+        self.master_open = True
+
+    def readers(self, master: int | None) -> list[int]:
+        found = []
+        if self.stdin is not None and master is not None:
+            found.append(self.stdin)
+        if master is not None and self.master_open:
+            found.append(master)
+        return found
+
+    def pump(self, ready: list[int], master: int) -> None:
+        if self.stdin is not None and self.stdin in ready:
+            data = _read(self.stdin)
+            if data:
+                _write_all(master, data)
+            elif data is not None:
+                self.stdin = None  # the caller's input ended; the sandbox keeps its output
+        if self.master_open and master in ready:
+            data = _read(master)
+            if data:
+                _write_all(self.stdout, data)
+            elif data is not None:
+                self.master_open = False
+
+    def drain(self, master: int) -> None:
+        while self.master_open and select.select([master], [], [], 0)[0]:
+            data = _read(master)
+            if not data:
+                break
+            _write_all(self.stdout, data)
+
+
+def _read(fd: int) -> bytes | None:
+    """Data, b"" at the end, None when there is nothing to read yet."""
+    try:
+        return os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError as err:
+        if err.errno in (errno.EIO, errno.EBADF):  # the terminal's other side closed
+            return b""
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except OSError as err:
+            if err.errno in (errno.EPIPE, errno.EIO, errno.EBADF):
+                return  # nobody reads any more: drop the output, as a closed terminal would
+            raise
