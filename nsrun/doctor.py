@@ -198,6 +198,7 @@ def _network_rules(networks: list[NetworkSpec]) -> Iterator[Check]:
             yield Check(name, Status.FAIL, str(err), "run `nsrun doctor` as root")
             continue
         repair = f"nsrun --network {spec.name} -- true (every launch restores them)"
+        yield _guard_check(spec)
         if present:
             yield Check(name, Status.OK, f"{spec.firewall}: masquerade and forward rules in place")
         else:
@@ -210,6 +211,32 @@ def _network_rules(networks: list[NetworkSpec]) -> Iterator[Check]:
                 yield Check(
                     f"foreign DROP ({spec.name})", Status.FAIL, f"{detail} and nsrun's accepts are missing", repair
                 )
+
+
+def _guard_check(spec: NetworkSpec) -> Check:
+    """route_localnet lets the host's 127.0.0.1 reach published ports; without the loopback guard
+    it would also let a sandbox (given NET_ADMIN) reach the host's loopback services."""
+    from nsrun.firewall.base import open_backend
+    from nsrun.net import sysctl
+
+    name = f"loopback guard ({spec.name})"
+    localnet = sysctl.route_localnet(spec.bridge)
+    try:
+        guarded = open_backend(spec.firewall).guard_present(spec.rules)
+    except NsrunError as err:
+        return Check(name, Status.FAIL, str(err), "run `nsrun doctor` as root")
+    if guarded:
+        return Check(name, Status.OK, "loopback destinations not arriving on lo are dropped")
+    if localnet:
+        return Check(
+            name,
+            Status.FAIL,
+            f"route_localnet is on for {spec.bridge} but the guard is missing: a sandbox given NET_ADMIN"
+            " could reach the host's 127.0.0.1",
+            f"nsrun --network {spec.name} -- true (restores the guard), or"
+            f" sysctl -w net.ipv4.conf.{spec.bridge}.route_localnet=0",
+        )
+    return Check(name, Status.OK, f"route_localnet is off for {spec.bridge}")
 
 
 def _foreign_drops() -> Check:

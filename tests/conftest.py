@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -29,6 +31,27 @@ BACKENDS = [pytest.param("nftables", id="nft"), pytest.param("iptables", id="ipt
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may write (tmp_path is root's alone): for sandboxes run as nobody."""
+    path = Path(tempfile.mkdtemp(prefix="nsrun-test-"))
+    path.chmod(0o1777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A directory of the host's tree outside /tmp (which --read-only replaces with a tmpfs)."""
+    path = Path(tempfile.mkdtemp(prefix="nsrun-test-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 WORLD_SCRIPT = Path(__file__).with_name("world.sh")
+# for commands run as another user than root: Debian's python3 lives where every user may run it
+# (the venv's may sit in a home only root can enter)
+SYSTEM_PYTHON = "/usr/bin/python3"
 WAN_ADDRESS = "203.0.113.10"
 UPLINK_ADDRESS = "203.0.113.1"
 

@@ -27,6 +27,10 @@ class FirewallBackend(Protocol):
 
     def network_present(self, rules: NetworkRules) -> bool: ...
 
+    def guard_present(self, rules: NetworkRules) -> bool:
+        """The loopback guard, without which route_localnet must not be on."""
+        ...
+
     def add_ports(self, ports: PortRules) -> None:
         """DNAT the sandbox's published ports to it."""
         ...
@@ -68,6 +72,9 @@ class NoFirewall:
 
     def network_present(self, rules: NetworkRules) -> bool:  # noqa: ARG002
         return True
+
+    def guard_present(self, rules: NetworkRules) -> bool:  # noqa: ARG002
+        return False
 
     def add_ports(self, ports: PortRules) -> None:  # noqa: ARG002
         raise NsrunError("publishing ports", "NSRUN_FIREWALL=none: nsrun adds no rules", "use another firewall backend")

@@ -142,6 +142,10 @@ class IptablesBackend:
                     return False
             return True
 
+    def guard_present(self, rules: NetworkRules) -> bool:
+        with self._errors(f"reading iptables rules of network {rules.network!r}"):
+            return self._in_place(self._table(_RAW), Hook.PREROUTING, GUARD_CHAIN, _v4(rules.guard), rules)
+
     @staticmethod
     def _layout(rules: NetworkRules) -> list[tuple[str, Hook, str, tuple[tuple[Rule, ...], tuple[Rule, ...]]]]:
         """(table, hook, nsrun's chain, (rules at its head, rules at its tail)): IPv4 only, as

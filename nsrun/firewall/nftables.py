@@ -215,6 +215,9 @@ class NftablesBackend:
     def network_present(self, rules: NetworkRules) -> bool:
         return self._complete(self._listing(rules), rules)
 
+    def guard_present(self, rules: NetworkRules) -> bool:
+        return len(self._listing(rules).rules.get(GUARD, [])) == len(rules.guard)
+
     # -- other tools' forward chains ------------------------------------------------------------
 
     def foreign_drops(self) -> list[ForeignChain]:

@@ -63,7 +63,8 @@ def _take_terminal(tty_fd: int) -> None:
 
 
 def _drop_privileges(plan: ProcessPlan) -> None:
-    keep = plan.confinement.caps if plan.identity.is_root else 0
+    # never more than this process holds: the host's own root may lack some (a container's bounding set)
+    keep = plan.confinement.caps & libc.capget()[1] if plan.identity.is_root else 0
     for cap in range(_last_cap() + 1):
         if not keep >> cap & 1:
             libc.prctl(libc.PR_CAPBSET_DROP, cap)

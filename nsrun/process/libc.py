@@ -216,9 +216,10 @@ def close_range_cloexec(first: int) -> None:
     _check(_libc().syscall(_SYS_CLOSE_RANGE, first, 0xFFFFFFFF, _CLOSE_RANGE_CLOEXEC), "close_range")
 
 
-def mount_setattr_readonly(path: str) -> None:
-    """Make the mount at `path` and every mount below it read-only (mount_setattr, Linux 5.12)."""
-    attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+def mount_setattr_readonly(path: str, *, readonly: bool = True) -> None:
+    """Make the mount at `path` and every mount below it read-only, or writable again
+    (mount_setattr, Linux 5.12)."""
+    attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0) if readonly else _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0)
     flags = _AT_RECURSIVE
     result = _libc().syscall(
         _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)

@@ -54,10 +54,19 @@ def _readonly(path: str) -> None:
     libc.mount_setattr_readonly(path)
 
 
-def _bind(source: str, target: str, *, readonly: bool) -> None:
-    libc.mount(source, target, None, libc.MS_BIND | libc.MS_REC)
-    if readonly:
-        _readonly(target)
+def _bind(source_fd: int, target: str, *, readonly: bool) -> None:
+    if not os.path.lexists(target):
+        # the request was checked against the host's tree: a missing target is in a tmpfs of the
+        # sandbox's own (--read-only's /tmp), where making the mount point changes nothing of the host
+        if stat.S_ISDIR(os.fstat(source_fd).st_mode):
+            os.makedirs(target, 0o755)
+        else:
+            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+    libc.mount(f"/proc/self/fd/{source_fd}", target, None, libc.MS_BIND | libc.MS_REC)
+    # a bind takes the flags of where its source is mounted: under --read-only's read-only tree a
+    # volume asked for writable must be made writable again
+    libc.mount_setattr_readonly(target, readonly=readonly)
 
 
 def _mask(path: str) -> None:
@@ -120,7 +129,7 @@ def _tmpfs(target: str) -> None:
     libc.mount("tmpfs", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777")
 
 
-def _apply(mount: Mount) -> None:
+def _apply(mount: Mount, sources: dict[str, int]) -> None:
     kind = mount.kind
     if kind is MountKind.READONLY_ROOT:
         _readonly("/")
@@ -135,7 +144,7 @@ def _apply(mount: Mount) -> None:
     elif kind is MountKind.DEV:
         _dev(int(mount.source) if mount.source.isdigit() else _TTY_GROUP)
     elif kind is MountKind.BIND:
-        _bind(mount.source, mount.target, readonly=mount.readonly)
+        _bind(sources[mount.source], mount.target, readonly=mount.readonly)
     elif kind is MountKind.TMPFS:
         _tmpfs(mount.target)
 
@@ -144,9 +153,22 @@ def apply_mounts(mounts: Iterable[Mount]) -> None:
     """Carry out the plan's mounts in order; call in a fresh mount namespace, as root."""
     # nothing mounted from here on may propagate back to the host
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
-    for mount in mounts:
-        try:
-            _apply(mount)
-        except OSError as err:
-            where = mount.target or mount.kind.value
-            raise OSError(err.errno, f"mounting {where}: {os.strerror(err.errno or 0)}") from err
+    plan = list(mounts)
+    # sources are opened before anything is mounted: a private /tmp must not hide a volume's source
+    sources: dict[str, int] = {}
+    try:
+        for mount in plan:
+            if mount.kind is MountKind.BIND and mount.source not in sources:
+                try:
+                    sources[mount.source] = os.open(mount.source, os.O_PATH | os.O_CLOEXEC)
+                except OSError as err:
+                    raise OSError(err.errno, f"opening {mount.source}: {os.strerror(err.errno or 0)}") from err
+        for mount in plan:
+            try:
+                _apply(mount, sources)
+            except OSError as err:
+                where = mount.target or mount.kind.value
+                raise OSError(err.errno, f"mounting {where}: {os.strerror(err.errno or 0)}") from err
+    finally:
+        for fd in sources.values():
+            os.close(fd)
