@@ -144,7 +144,9 @@ def validate_mtu(mtu: int) -> int:
     return mtu
 
 
-_PUBLISH_RE: Final = re.compile(r"(?:(?P<ip>[0-9.]+):)?(?P<host>\d{1,5}):(?P<port>\d{1,5})(?:/(?P<proto>tcp|udp))?")
+_PUBLISH_RE: Final = re.compile(
+    r"(?:(?:(?P<ip>[0-9.]+):)?(?P<host>\d{0,5}):)?(?P<port>\d{1,5})(?:/(?P<proto>tcp|udp))?"
+)
 MAX_PORT: Final = 65535
 
 
@@ -153,10 +155,14 @@ def parse_publish(text: str) -> PortMapping:
 
     match = _PUBLISH_RE.fullmatch(text)
     if not match:
-        raise UsageError(f"invalid -p {text!r}", "expected [HOST_IP:]HOST_PORT:PORT[/tcp|/udp]", "e.g. -p 8081:9000")
-    host_port, port = int(match["host"]), int(match["port"])
-    if not (0 < host_port <= MAX_PORT and 0 < port <= MAX_PORT):
-        raise UsageError(f"invalid -p {text!r}", f"ports must be between 1 and {MAX_PORT}")
+        raise UsageError(
+            f"invalid -p {text!r}",
+            "expected [[HOST_IP:]HOST_PORT:]PORT[/tcp|/udp]",
+            "e.g. -p 8081:9000, or -p 9000 for a free host port",
+        )
+    host_port, port = int(match["host"] or 0), int(match["port"])  # host port 0: a free one, chosen at start
+    if not (0 <= host_port <= MAX_PORT and 0 < port <= MAX_PORT):
+        raise UsageError(f"invalid -p {text!r}", f"ports must be between 1 and {MAX_PORT} (0 for a free host port)")
     host_ip = parse_address(match["ip"], option="-p host address") if match["ip"] else None
     if host_ip is not None and host_ip.is_multicast:
         raise UsageError(f"invalid -p {text!r}", "the host address is a multicast address")

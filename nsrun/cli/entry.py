@@ -79,10 +79,17 @@ def die_by(signum: int) -> NoReturn:
     os._exit(128 + signum)  # a signal whose default action is not to terminate
 
 
-def main() -> NoReturn:
+def hold_signals() -> None:
     for sig in HELD_SIGNALS:
         signal.signal(sig, _hold)
-    from nsrun.cli.app import run_cli  # typer and the rest load under the handlers above
+
+
+# the entry point's module: held from the moment it is imported, before typer and the rest load
+hold_signals()
+
+
+def main() -> NoReturn:
+    from nsrun.cli.app import run_cli
 
     status = run_cli(sys.argv[1:])
     if (signum := pending_signal()) is not None:

@@ -195,6 +195,8 @@ class PortMapping:
         return f"{prefix}{self.host_port}:{self.port}/{self.proto}"
 
     def collides(self, other: PortMapping) -> bool:
+        if 0 in (self.host_port, other.host_port):
+            return False  # a free port chosen at start never collides
         same_port = (self.host_port, self.proto) == (other.host_port, other.proto)
         return same_port and (self.host_ip is None or other.host_ip is None or self.host_ip == other.host_ip)
 

@@ -31,6 +31,7 @@ _LAST_RESERVED: Final = "last_reserved"
 _LOCK: Final = "lock"
 _VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
 _ADDRESS_RE: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_HOSTNAME_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,63})?")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Lease:
     netns_inode: int
     name: str = ""
     pidns: int = 0  # the PID namespace of `pid`; 0: unknown
+    hostname: str = ""  # resolvable by the network's other sandboxes, beside `name`
     command: tuple[str, ...] = ()
     created: float = 0.0
 
@@ -64,6 +66,7 @@ class Lease:
             command=fields.texts("command"),
             created=fields.number("created", default=0.0),
             pidns=fields.integer("pidns", default=0),
+            hostname=fields.text("hostname", _HOSTNAME_RE, default=""),
         )
         try:
             ipaddress.IPv4Address(lease.address)

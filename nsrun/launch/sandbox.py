@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
 
+    from nsrun.firewall.rules import PortMapping
     from nsrun.ipam.leases import Lease
     from nsrun.net.plan import AttachPlan
     from nsrun.networks.spec import NetworkSpec
@@ -77,6 +78,9 @@ class Sandbox:
     record: SandboxRecord | None = field(default=None, init=False)
     address6: ipaddress.IPv6Address | None = field(default=None, init=False)
     mac: str | None = field(default=None, init=False)
+    publish: tuple[PortMapping, ...] = field(default=(), init=False)  # host ports as reserved
+    hosts: Path | None = field(default=None, init=False)  # the network's shared hosts file
+    not_ready: bool = field(default=False, init=False)  # stopped because `ready` never held
     plan: ProcessPlan | None = field(default=None, init=False)
     warnings: list[str] = field(default_factory=list, init=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
@@ -115,22 +119,48 @@ class Sandbox:
 
         return ShimFds(netns=self.netns_fd)
 
-    def run(self) -> Outcome:
-        """The shim, in this process: call only from a process dedicated to this sandbox."""
+    def run(
+        self,
+        *,
+        ready: Callable[[int], bool] | None = None,
+        ready_timeout: float = 0.0,
+        on_ready: Callable[[], None] | None = None,
+        on_started: Callable[[], None] | None = None,
+    ) -> Outcome:
+        """The shim, in this process: call only from a process dedicated to this sandbox.
+        `ready` (given the init's pid) is polled from the command's start for `ready_timeout`
+        seconds; not ready by then, the sandbox is stopped and `not_ready` set."""
         from nsrun.process.shim import Shim
 
         if self.plan is None:
             raise RuntimeError("run() before setup()")
-        shim = Shim(self.plan, self.shim_fds(), on_started=self.started)
+
+        def started(info: Started) -> None:
+            self.started(info)
+            if on_started is not None:
+                on_started()
+
+        shim = Shim(
+            self.plan,
+            self.shim_fds(),
+            on_started=started,
+            ready=ready,
+            ready_timeout=ready_timeout,
+            on_ready=on_ready,
+        )
         # the pinned namespaces close last: whatever joined the sandbox is ended while they hold
         self._step("closing the sandbox's namespaces", shim.close)
-        return shim.run()
+        outcome = shim.run()
+        self.not_ready = shim.not_ready
+        return outcome
 
     def started(self, started: Started) -> None:
         """The command runs: record where its namespaces are pinned and give its netns its name."""
         if self.record is None:
             raise RuntimeError("started() before setup()")
-        pinned = {kind: (fd, os.fstat(fd).st_ino) for kind, fd in started.namespace_fds.items()}
+        # the fds are the shim's (this process, or the library's subprocess): read them through /proc
+        holder = self.holder.pid
+        pinned = {kind: (fd, os.stat(f"/proc/{holder}/fd/{fd}").st_ino) for kind, fd in started.namespace_fds.items()}
         addresses: tuple[str, ...] = (self.lease.address,) if self.lease else ()
         if self.address6 is not None:
             addresses += (str(self.address6),)
@@ -209,13 +239,19 @@ class Sandbox:
         )
         reg = self._registry()
         held: list[socket.socket] = []
+
+        def reserve(live: list[SandboxRecord]) -> SandboxRecord:
+            sockets, self.publish = self._reserve_ports(live)
+            held.extend(sockets)
+            return replace(record, ports=tuple(mapping.spec() for mapping in self.publish))
+
         try:
-            reg.register(record, is_stale, check=lambda live: held.extend(self._reserve_ports(live)))
+            self.record = reg.register(record, is_stale, check=reserve)
         except BaseException:
             for sock in held:
                 sock.close()
             raise
-        self.record = record
+        record = self.record
         self._step("removing the sandbox's record", reg.remove, record)
         # closed before the record goes, so a port is never both unlisted and still held
         for sock in held:
@@ -228,9 +264,10 @@ class Sandbox:
             return f"{JOIN_PREFIX}{self.request.join}"
         return self.request.net.value
 
-    def _reserve_ports(self, live: list[SandboxRecord]) -> list[socket.socket]:
+    def _reserve_ports(self, live: list[SandboxRecord]) -> tuple[list[socket.socket], tuple[PortMapping, ...]]:
         """Under the registry's lock: no live sandbox publishes these host ports, and no host
-        process holds them; each is then held by a bound socket until teardown."""
+        process holds them; each is then held by a socket until teardown. Returns the sockets and
+        the mappings with their host ports (those chosen for port 0 included)."""
         from nsrun.net.hostports import reserve_host_port
 
         for mapping in self.request.publish:
@@ -242,13 +279,17 @@ class Sandbox:
                         "choose another host port, or end that sandbox",
                     )
         held: list[socket.socket] = []
+        resolved: list[PortMapping] = []
         try:
-            held.extend(reserve_host_port(mapping) for mapping in self.request.publish)
+            for mapping in self.request.publish:
+                sock, chosen = reserve_host_port(mapping)
+                held.append(sock)
+                resolved.append(chosen)
         except BaseException:
             for sock in held:
                 sock.close()
             raise
-        return held
+        return held, tuple(resolved)
 
     def _write_etc_files(self) -> list[tuple[str, str]]:
         """The sandbox's hosts, hostname and resolv.conf; returns (source, /etc target) binds."""
@@ -263,7 +304,8 @@ class Sandbox:
         hosts = etc.hosts_file(self.hostname, self.lease.address if self.lease else None)
         for filename, text in (("resolv.conf", resolv.text), ("hosts", hosts), ("hostname", self.hostname + "\n")):
             files.write_file(directory / filename, text, files.PUBLIC_FILE_MODE)
-        binds = [(str(directory / "hosts"), "/etc/hosts")]
+        # a bridge sandbox sees its network's shared hosts file: it resolves its neighbours' names
+        binds = [(str(self.hosts or directory / "hosts"), "/etc/hosts")]
         if Path("/etc/hostname").exists():
             binds.append((str(directory / "hostname"), "/etc/hostname"))
         if own_net or self.request.dns:
@@ -314,7 +356,9 @@ class Sandbox:
             manager.sweep_stale_leases(host, store)
             lease = allocate(network.name, network.pool, store, self._lease_factory(veth), self.request.ip)
             self.lease = lease
-            self._undo.callback(self._release, store, lease)
+            self._undo.callback(self._release, store, lease, network)
+            # every sandbox of the network resolves this one's name from now on
+            self.hosts = manager.refresh_hosts(self.dirs, network, store)
             bridge_index, network = manager.ensure_host_side(self.dirs, host, network)
             self.network = network
         if self.checkpoint is not None:
@@ -358,11 +402,15 @@ class Sandbox:
                 " (its MAC and addresses are not enforced)"
             )
 
-    def _release(self, store: Any, lease: Lease) -> None:
-        """The lease goes under its network's lock, as every change of the leases does."""
+    def _release(self, store: Any, lease: Lease, network: NetworkSpec) -> None:
+        """The lease goes under its network's lock, as every change of the leases does; so does
+        the sandbox's name from the network's hosts file."""
+        from nsrun.networks import manager
+
         try:
             with store.locked():
                 store.release(lease)
+                manager.refresh_hosts(self.dirs, network, store)
         except Exception as err:  # noqa: BLE001  # reported with the other teardown failures
             self._failures.append(f"releasing address {lease.address}: {err}")
 
@@ -372,8 +420,8 @@ class Sandbox:
         from nsrun.net import netlink
 
         # removed with the sandbox's other rules (the undo registered with its bridge-port filter)
-        firewall.publish_ports(network.firewall, PortRules(self.sandbox_id, address, self.request.publish))
-        for mapping in self.request.publish:
+        firewall.publish_ports(network.firewall, PortRules(self.sandbox_id, address, self.publish))
+        for mapping in self.publish:
             if mapping.proto == "udp":
                 netlink.flush_udp_conntrack(mapping.host_port)
 
@@ -410,6 +458,7 @@ class Sandbox:
                 name=self.name,
                 command=self.request.argv,
                 created=time.time(),
+                hostname=self.hostname,
             )
 
         return make

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ipaddress
 import socket
 from typing import TYPE_CHECKING
 
@@ -28,8 +29,8 @@ from nsrun.state import files
 from nsrun.state.locks import locked
 
 if TYPE_CHECKING:
-    import ipaddress
     from collections.abc import Callable
+    from pathlib import Path
 
     from nsrun.ipam.leases import Lease
     from nsrun.net.netlink import IPRoute
@@ -264,6 +265,27 @@ def sweep_stale_leases(ipr: IPRoute, store: LeaseStore) -> int:
     return reclaim_stale(store, _is_stale, lambda lease: reclaim_lease(ipr, lease))
 
 
+def hosts_path(dirs: StateDirs, spec: NetworkSpec) -> Path:
+    return dirs.network_run(spec.name) / "hosts"
+
+
+def refresh_hosts(dirs: StateDirs, spec: NetworkSpec, store: LeaseStore) -> Path:
+    """Rebuild the network's shared hosts file from its leases. Call under `store.locked()`."""
+    from nsrun import etc
+
+    entries: list[tuple[str, list[str]]] = []
+    for lease in store.leases():
+        names = [n for n in (lease.name, lease.hostname, lease.sandbox_id) if n]
+        entries.append((lease.address, names))
+        address6 = spec.address6_for(ipaddress.IPv4Address(lease.address))
+        if address6 is not None:
+            entries.append((str(address6), names))
+    path = hosts_path(dirs, spec)
+    dirs.ensure(path.parent)
+    files.rewrite_in_place(path, etc.network_hosts(entries))
+    return path
+
+
 def live_leases(dirs: StateDirs, ipr: IPRoute, name: str) -> list[Lease]:
     store = lease_store(dirs, name)
     with store.locked():
@@ -292,3 +314,4 @@ def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
             _remove_host_side(ipr, spec)
             # the directory goes while its lock is held: no launch can be between the two
             files.remove_tree(dirs.leases(name))
+            files.remove_tree(dirs.network_run(name))

@@ -23,6 +23,7 @@ import os
 import select
 import signal
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["Outcome", "Shim", "ShimFds", "Started", "exit_status"]
 
 _CHUNK: Final = 65536
+_MAX_FD: Final = 1 << 20
+_READY_POLL: Final = 0.05
+_STOP_GRACE: Final = 5.0  # after SIGTERM of a sandbox that never got ready, SIGKILL
 _MAX_MESSAGE: Final = 4096
 _MAX_FDS: Final = 8
 # left to their default action on the shim itself: a shim in the background that touches the
@@ -98,6 +102,11 @@ class Shim:
     fds: ShimFds = field(default_factory=ShimFds)
     on_started: Callable[[Started], None] | None = None
     on_control: Callable[[dict[str, Any]], None] | None = None
+    # readiness (--wait-port): checked from the command's start; not ready in time ends the sandbox
+    ready: Callable[[int], bool] | None = None  # given the init's pid
+    ready_timeout: float = 0.0
+    on_ready: Callable[[], None] | None = None
+    not_ready: bool = False
     namespace_fds: dict[str, int] = field(default_factory=dict)
     init_pid: int | None = None
     command_pid: int | None = None
@@ -105,6 +114,8 @@ class Shim:
     _outcome: Outcome = field(default_factory=Outcome)
     _init_status: int | None = None
     _command_done: bool = False
+    _ready_deadline: float | None = None
+    _kill_deadline: float | None = None
 
     def run(self) -> Outcome:
         """Start the sandbox's processes and wait until its init is gone; the namespace fds stay
@@ -138,6 +149,8 @@ class Shim:
         if pid == 0:
             ours.close()
             self._child_stdio()
+            keep = {theirs.fileno(), *([self.fds.netns] if self.fds.netns is not None else [])}
+            _close_all_but(keep | set((self.fds.join or {}).values()))
             run_init(self.plan, theirs, self.fds.netns, self.fds.join)
         theirs.close()
         self.init_pid = pid
@@ -161,9 +174,10 @@ class Shim:
                 if relay is not None:
                     readers += relay.readers(self._master)
                 try:
-                    ready, _, _ = select.select(readers, [], [])
+                    ready, _, _ = select.select(readers, [], [], self._poll_interval())
                 except InterruptedError:
                     continue
+                self._check_ready()
                 if sock.fileno() in ready:
                     self._on_message(sock)
                 if signals in ready:
@@ -176,6 +190,26 @@ class Shim:
                 pass  # what the init said before it exited
             if relay is not None and self._master is not None:
                 relay.drain(self._master)
+
+    def _poll_interval(self) -> float | None:
+        return _READY_POLL if self._ready_deadline is not None or self._kill_deadline is not None else None
+
+    def _check_ready(self) -> None:
+        now = time.monotonic()
+        if self._kill_deadline is not None and now >= self._kill_deadline:
+            self._kill_deadline = None
+            self.kill()
+        if self._ready_deadline is None or self.init_pid is None or self._command_done:
+            return
+        if self.ready is not None and self.ready(self.init_pid):
+            self._ready_deadline = None
+            if self.on_ready is not None:
+                self.on_ready()
+        elif now >= self._ready_deadline:
+            self._ready_deadline = None
+            self.not_ready = True
+            self.forward(signal.SIGTERM)
+            self._kill_deadline = now + _STOP_GRACE
 
     @contextlib.contextmanager
     def _terminal(self, relay: _Relay | None) -> Iterator[None]:
@@ -245,6 +279,8 @@ class Shim:
                 terminal.copy_window_size(self.fds.stdin, self._master)
         elif event == "started":
             self.command_pid = self._command_host_pid()
+            if self.ready is not None:
+                self._ready_deadline = time.monotonic() + self.ready_timeout
             if self.on_started is not None and self.init_pid is not None:
                 self.on_started(Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds)))
         elif event == "exited":
@@ -283,6 +319,16 @@ class Shim:
                 elif request.get("op") == "kill":
                     self.kill()
         return True
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """In the forked init: nothing of its parent's (sockets, pipes a caller waits on) stays open."""
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, _MAX_FD)
 
 
 class _Relay:

@@ -33,6 +33,7 @@ __all__ = [
     "read_file",
     "remove_file",
     "remove_tree",
+    "rewrite_in_place",
     "write_file",
 ]
 
@@ -208,6 +209,26 @@ def open_private(path: Path, flags: int, mode: int = FILE_MODE) -> int:
     if stat.S_IMODE(info.st_mode) != mode:
         os.fchmod(fd, mode)
     return fd
+
+
+def rewrite_in_place(path: Path, text: str, mode: int = PUBLIC_FILE_MODE) -> None:
+    """New content for a file other mount namespaces see through bind mounts, which pin its inode
+    (a rename would leave them on the old file): one write of the whole content from offset 0.
+    Shorter content is padded with a comment to the old length, so no reader ever sees the tail
+    of the old content as if it were part of the new."""
+    fd = open_private(path, os.O_RDWR, mode)
+    try:
+        data = text.encode()
+        padding = os.fstat(fd).st_size - len(data)
+        if padding == 1:
+            data += b"\n"
+        elif padding > 1:
+            data += b"#" + b" " * (padding - 2) + b"\n"
+        os.pwrite(fd, data, 0)
+    except OSError as err:
+        raise fail("writing", path, err) from err
+    finally:
+        os.close(fd)
 
 
 def remove_file(path: Path) -> None:

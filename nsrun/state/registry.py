@@ -147,14 +147,15 @@ class Registry:
         self,
         record: SandboxRecord,
         is_stale: Callable[[SandboxRecord], bool],
-        check: Callable[[list[SandboxRecord]], None] | None = None,
-    ) -> None:
+        check: Callable[[list[SandboxRecord]], SandboxRecord | None] | None = None,
+    ) -> SandboxRecord:
         """Add the record; its name must be free among live sandboxes and under /run/netns, and
-        `check` (given the live records, under the same lock) must not raise."""
+        `check` (given the live records, under the same lock) must not raise; a record it returns
+        is written instead (completed with what the check reserved). Returns what was written."""
         with self.locked():
             live = self._sweep(is_stale)
             if check is not None:
-                check(live)
+                record = check(live) or record
             holder = next((r for r in live if record.name in (r.name, r.sandbox_id)), None)
             if holder is not None:
                 raise ConflictError(
@@ -169,6 +170,7 @@ class Registry:
                     "choose another --name, or remove it with `ip netns del`",
                 )
             self._write(record)
+            return record
 
     def update(self, record: SandboxRecord) -> None:
         with self.locked():

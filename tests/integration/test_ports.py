@@ -126,7 +126,7 @@ def test_udp_port(world: World) -> None:
     "args",
     [
         pytest.param(["-p", "70000:80"], id="port-range"),
-        pytest.param(["-p", "80"], id="no-container-port"),
+        pytest.param(["-p", "80:0"], id="no-container-port"),
         pytest.param(["-p", "8081:80/sctp"], id="protocol"),
         pytest.param(["-p", "8081:80", "-p", "8081:90"], id="twice"),
         pytest.param(["--net", "none", "-p", "8081:80"], id="no-bridge"),

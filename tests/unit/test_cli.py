@@ -7,6 +7,7 @@ import os
 import pytest
 
 from nsrun.cli import app as cli
+from nsrun.cli import run
 from nsrun.launch.request import NetMode, SandboxRequest
 from nsrun.process.shim import exit_status
 
@@ -53,8 +54,8 @@ def test_request_keeps_command_options_and_separators() -> None:
 
 def test_launcher_group_routes_command_words(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[SandboxRequest] = []
-    monkeypatch.setattr(cli, "_launch", lambda request: seen.append(request) or 0)
-    monkeypatch.setattr(cli, "_require_root", lambda: None)
+    monkeypatch.setattr(run, "_foreground", lambda request, *_: seen.append(request) or 0)
+    monkeypatch.setattr(run, "require_root", lambda: None)
     for argv, expected in [
         (["--net", "none", "--", "network", "ls"], ("network", "ls")),  # after --: a command named network
         (["cat", "-n", "--net", "x"], ("cat", "-n", "--net", "x")),  # a first word that is no subcommand

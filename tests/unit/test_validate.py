@@ -95,6 +95,9 @@ def test_network_name_rejects(name: str) -> None:
         pytest.param("8081:9000/udp", "0.0.0.0:8081->9000/udp", id="udp"),
         pytest.param("192.0.2.1:80:8080/tcp", "192.0.2.1:80->8080/tcp", id="host-ip"),
         pytest.param("0.0.0.0:80:8080", "0.0.0.0:80->8080/tcp", id="all-addresses"),
+        pytest.param("6379", "0.0.0.0:0->6379/tcp", id="free-host-port"),
+        pytest.param("0:6379", "0.0.0.0:0->6379/tcp", id="free-host-port-0"),
+        pytest.param("127.0.0.1::6379/udp", "127.0.0.1:0->6379/udp", id="free-host-port-on-ip"),
     ],
 )
 def test_parse_publish(text: str, expected: str) -> None:
@@ -103,7 +106,12 @@ def test_parse_publish(text: str, expected: str) -> None:
     assert parse_publish(mapping.spec()) == mapping
 
 
-@pytest.mark.parametrize("text", ["80", "0:80", "80:70000", "a:80", "80:80/sctp", "1.2.3:80:80", "224.0.0.1:80:80"])
+@pytest.mark.parametrize("text", ["80:0", "80:70000", "70000", "a:80", "80:80/sctp", "1.2.3:80:80", "224.0.0.1:80:80"])
 def test_parse_publish_rejects(text: str) -> None:
     with pytest.raises(UsageError):
         parse_publish(text)
+
+
+def test_free_host_ports_never_collide() -> None:
+    assert not parse_publish("6379").collides(parse_publish("6379"))
+    assert parse_publish("80:6379").collides(parse_publish("80:9000"))

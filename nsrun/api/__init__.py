@@ -1,0 +1,1 @@
+"""The public Python API: `nsrun.Sandbox` and `nsrun.Network` (re-exported by `nsrun`)."""

@@ -1,0 +1,514 @@
+"""`nsrun.Sandbox`: a handle on one sandbox, for test suites and other long-lived Python programs.
+
+    from nsrun import Sandbox
+
+    with Sandbox(["redis-server", "--port", "6379"], publish=[6379], name="cache") as redis:
+        redis.wait_for_port(6379)
+        client = Redis(host="127.0.0.1", port=redis.host_port(6379))   # or redis.address:6379
+
+The handle touches only its own sandbox's processes: its shim is a small subprocess of its own
+(nothing is done to the caller's children, signal handlers, environment, working directory or
+other threads' namespaces), each handle has its own lock, and it prints nothing: failures raise
+NsrunError subclasses, warnings are in `warnings`. The command's output goes to a log file
+(`logs()`, `wait_for_log()`), kept after the sandbox ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final, Self
+
+from nsrun.errors import NsrunError, UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from types import TracebackType
+
+    from nsrun.launch.sandbox import Sandbox as Launch
+    from nsrun.process.plan import ProcessPlan
+    from nsrun.state.paths import StateDirs
+
+__all__ = ["Sandbox", "SandboxExitedError", "SandboxTimeoutError"]
+
+_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
+_POLL: Final = 0.02
+_START_TIMEOUT: Final = 60.0
+_MAX_MESSAGE: Final = 1 << 20
+_LOG_TAIL: Final = 2000
+
+
+class SandboxExitedError(NsrunError):
+    """The sandbox's command ended while something waited for it to be ready."""
+
+
+class SandboxTimeoutError(NsrunError):
+    """Something waited longer than its timeout."""
+
+
+def _publish_specs(publish: Sequence[int | str | tuple[int, int]]) -> list[str]:
+    """6379 (a free host port), "16379:6379", (16379, 6379), "127.0.0.1:8080:80/udp"."""
+    specs = []
+    for item in publish:
+        if isinstance(item, bool):
+            raise UsageError(f"invalid publish {item!r}", "expected a port, 'HOST:PORT' or (HOST, PORT)")
+        if isinstance(item, int):
+            specs.append(str(item))
+        elif isinstance(item, tuple):
+            specs.append(f"{item[0]}:{item[1]}")
+        else:
+            specs.append(str(item))
+    return specs
+
+
+def _shim_command(control: int) -> list[str]:
+    from nsrun.process.shim_main import BOOT
+
+    return [sys.executable, "-I", "-S", "-c", BOOT, _PACKAGE_ROOT, str(control)]
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    payload = json.dumps(message).encode()
+    socket.send_fds(sock, [payload], fds or [])
+
+
+def _receive(sock: socket.socket, timeout: float | None = None) -> dict[str, Any] | None:
+    sock.settimeout(timeout)
+    try:
+        payload = sock.recv(_MAX_MESSAGE)
+    except (TimeoutError, OSError):
+        return None
+    return json.loads(payload) if payload else None
+
+
+class Sandbox:
+    """One sandbox: `start()` it (or use it as a context manager), then `stop()` it."""
+
+    def __init__(  # noqa: PLR0913  # the keywords mirror the CLI's options
+        self,
+        command: Sequence[str],
+        *,
+        net: str = "bridge",
+        network: str | None = None,
+        name: str | None = None,
+        hostname: str | None = None,
+        ip: str | None = None,
+        mac: str | None = None,
+        publish: Sequence[int | str | tuple[int, int]] = (),
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        dns: Sequence[str] = (),
+        volumes: Sequence[str] = (),
+        tmpfs: Sequence[str] = (),
+        read_only: bool = False,
+        cap_add: Sequence[str] = (),
+        cap_drop: Sequence[str] = (),
+        privileged: bool = False,
+        dirs: StateDirs | None = None,
+    ) -> None:
+        """Checks every option now (UsageError); nothing is touched before `start()`."""
+        from nsrun.launch.request import SandboxRequest
+        from nsrun.state.paths import StateDirs
+
+        if isinstance(command, str):
+            raise UsageError("invalid command", "a list of arguments is expected, not a string", f"use [{command!r}]")
+        self._request = SandboxRequest.parse(
+            list(command),
+            net=net,
+            network=network,
+            name=name,
+            hostname=hostname,
+            ip=ip,
+            mac=mac,
+            publish=_publish_specs(publish),
+            user=user,
+            env=[f"{key}={value}" for key, value in (env or {}).items()],
+            workdir=workdir,
+            dns=dns,
+            volumes=volumes,
+            tmpfs=tmpfs,
+            read_only=read_only,
+            cap_add=cap_add,
+            cap_drop=cap_drop,
+            privileged=privileged,
+        )
+        self._dirs = dirs or StateDirs()
+        self._lock = threading.RLock()
+        self._ended = threading.Condition(self._lock)
+        self._launch: Launch | None = None
+        self._shim: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._watcher: threading.Thread | None = None
+        self._returncode: int | None = None
+        self._failure: str | None = None
+        self._log: Path | None = None
+        self._started: dict[str, Any] = {}
+        self.stopped = False  # stop() or kill() was asked for: an end that is no surprise
+        self.warnings: list[str] = []
+
+    # -- life -----------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Set the sandbox up and start its command; returns once the command runs (its exec worked).
+        Raises NsrunError (the command not found, no free address, ...); nothing is left then."""
+        from nsrun.launch.privileges import require_root
+
+        require_root()
+        with self._lock:
+            if self._launch is not None:
+                raise NsrunError(f"starting sandbox {self.name!r}", "it was started already", "use a new Sandbox")
+            self._start()
+        return self
+
+    def _start(self) -> None:
+        from nsrun.launch.sandbox import Holder
+        from nsrun.launch.sandbox import Sandbox as Launch
+        from nsrun.state.logbook import LogBook, LogEntry
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        launch = Launch(self._request, dirs=self._dirs, holder=Holder(0, 0.0, 0))
+        logbook = LogBook(self._dirs)
+        log_fd = logbook.open_log(launch.sandbox_id)
+        self._log = logbook.log_path(launch.sandbox_id)
+        entry = LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True)
+        try:
+            shim = subprocess.Popen(  # nsrun's own shim, argv as a list
+                _shim_command(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,  # a Ctrl-C meant for the caller reaches the command only by stop()
+            )
+        finally:
+            theirs.close()
+            os.close(log_fd)
+        self._shim, self._control = shim, ours
+        try:
+            launch.holder = Holder.of(shim.pid)  # the shim holds the lease and the record
+            launch.setup()
+            logbook.record(entry)
+            self._launch = launch
+            self.warnings = list(launch.warnings)
+            fds = [launch.netns_fd] if launch.netns_fd is not None else []
+            plan = launch.plan.to_json() if launch.plan is not None else "{}"
+            _send(ours, {"plan": json.loads(plan)}, fds)
+            self._await_start(launch)
+        except BaseException:
+            self._abort()
+            with contextlib.suppress(NsrunError):
+                logbook.remove(launch.sandbox_id)  # a start that failed leaves nothing; the error says why
+            raise
+        self._watcher = threading.Thread(target=self._watch, name=f"nsrun-{launch.sandbox_id}", daemon=True)
+        self._watcher.start()
+
+    def _await_start(self, launch: Launch) -> None:
+        from nsrun.process.shim import Started
+
+        if self._control is None:
+            return
+        message = _receive(self._control, _START_TIMEOUT)
+        if message is None:
+            raise NsrunError(f"starting sandbox {self.name!r}", "its shim ended before the command started")
+        if message.get("event") == "ended":
+            self._control_done()
+            failure = message.get("failure") or "the command ended at once"
+            from nsrun.errors import CommandError
+
+            raise CommandError(f"starting sandbox {self.name!r}", failure, exit_code=int(message.get("code", 125)))
+        self._started = message
+        namespaces = {kind: int(fd) for kind, fd in message["namespaces"].items()}
+        launch.started(Started(int(message["init_pid"]), int(message["command_pid"]), namespaces))
+
+    def _abort(self) -> None:
+        """Undo a start that failed half-way: the shim goes (with everything in the sandbox)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._shim is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._shim.kill()
+            self._shim.wait()
+        if self._launch is not None or self._shim is not None:
+            launch = self._launch
+            self._launch = None
+            if launch is not None:
+                with contextlib.suppress(NsrunError):
+                    launch.teardown()
+
+    def _watch(self) -> None:
+        """Wait for the command to end, then tear the host side down and release the shim."""
+        message = None
+        while self._control is not None:
+            message = _receive(self._control)
+            if message is None or message.get("event") == "ended":
+                break
+        launch = self._launch
+        failures = []
+        if launch is not None:
+            try:
+                launch.teardown()
+            except NsrunError as err:
+                failures.append(str(err))
+        self._control_done()
+        if self._shim is not None:
+            self._shim.wait()
+        with self._lock:
+            status = message.get("status") if message else None
+            if status is not None:
+                self._returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            elif message and message.get("failure"):
+                self._returncode = int(message.get("code", 125))
+                self._failure = str(message["failure"])
+            else:
+                self._returncode = -signal.SIGKILL
+            self.warnings += failures
+            if launch is not None:
+                self._note_end(launch.sandbox_id, self._returncode)
+            self._ended.notify_all()
+
+    def _note_end(self, sandbox_id: str, returncode: int) -> None:
+        from nsrun.state.logbook import LogBook
+
+        with contextlib.suppress(NsrunError):
+            LogBook(self._dirs).ended(sandbox_id, 128 - returncode if returncode < 0 else returncode)
+
+    def _control_done(self) -> None:
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                _send(self._control, {"op": "done"})
+            self._control.close()
+            self._control = None
+
+    def stop(self, timeout: float = 10) -> int:
+        """SIGTERM to the command; after `timeout` seconds SIGKILL of the whole sandbox. Its
+        return code (negative: the signal that ended it)."""
+        with self._lock:
+            if self._launch is None:
+                raise NsrunError(f"stopping sandbox {self.name!r}", "it was not started", "call start() first")
+            self.stopped = True
+            if self._returncode is None:
+                self.send_signal(signal.SIGTERM)
+                if not self._ended.wait_for(lambda: self._returncode is not None, timeout):
+                    self.kill()
+        return self.wait()
+
+    def send_signal(self, signum: int) -> None:
+        """Pass a signal to the command (through the sandbox's init)."""
+        with self._lock:
+            if self._returncode is None and self._control is not None:
+                with contextlib.suppress(OSError):
+                    _send(self._control, {"op": "signal", "signal": int(signum)})
+
+    def kill(self) -> None:
+        """End the whole sandbox at once (SIGKILL of its init: everything in it goes)."""
+        with self._lock:
+            self.stopped = True
+            if self._returncode is None and self._control is not None:
+                with contextlib.suppress(OSError):
+                    _send(self._control, {"op": "kill"})
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait until the sandbox has ended and been torn down; its return code."""
+        with self._lock:
+            if self._launch is None:
+                raise NsrunError(f"waiting for sandbox {self.name!r}", "it was not started", "call start() first")
+            if not self._ended.wait_for(lambda: self._returncode is not None, timeout):
+                raise SandboxTimeoutError(f"waiting for sandbox {self.name!r}", f"still running after {timeout}s")
+            return self._returncode if self._returncode is not None else -signal.SIGKILL
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._launch is not None:
+            self.stop()
+
+    # -- what it is -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        launch = self._launch
+        return launch.name if launch is not None else (self._request.name or "sandbox")
+
+    @property
+    def id(self) -> str | None:
+        return self._launch.sandbox_id if self._launch is not None else None
+
+    @property
+    def pid(self) -> int | None:
+        """The command's pid, as this host sees it."""
+        return int(self._started["command_pid"]) if self._started else None
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs; then its exit code, or -N if signal N ended it (as subprocess)."""
+        return self._returncode
+
+    @property
+    def address(self) -> str | None:
+        return self._launch.address if self._launch is not None else None
+
+    @property
+    def address6(self) -> str | None:
+        launch = self._launch
+        return str(launch.address6) if launch is not None and launch.address6 is not None else None
+
+    def host_port(self, port: int, proto: str = "tcp") -> int:
+        """The host port the sandbox's `port` is published on (chosen at start for `publish=[port]`)."""
+        launch = self._launch
+        mappings = launch.publish if launch is not None else ()
+        for mapping in mappings:
+            if mapping.port == port and mapping.proto == proto:
+                return mapping.host_port
+        raise NsrunError(
+            f"host port of {port}/{proto}", f"sandbox {self.name!r} does not publish it", "pass publish=[port]"
+        )
+
+    # -- readiness and output -------------------------------------------------------------------
+
+    def _ready_loop(self, what: str, timeout: float, check: Any) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result:
+                return result
+            if self._returncode is not None:
+                raise SandboxExitedError(
+                    f"waiting for {what} of sandbox {self.name!r}",
+                    f"its command ended with {self._returncode}; its log ends with: {self.logs()[-_LOG_TAIL:]!r}",
+                )
+            if time.monotonic() >= deadline:
+                raise SandboxTimeoutError(
+                    f"waiting for {what} of sandbox {self.name!r}",
+                    f"not there after {timeout}s; its log ends with: {self.logs()[-_LOG_TAIL:]!r}",
+                )
+            time.sleep(_POLL)
+
+    def wait_for_port(self, port: int, timeout: float = 10) -> None:
+        """Until a TCP socket listens on `port` inside the sandbox (no connection is made)."""
+        from nsrun.process.readiness import listening
+
+        init = int(self._started["init_pid"]) if self._started else 0
+        self._ready_loop(f"port {port}", timeout, lambda: listening(init, port))
+
+    def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10) -> re.Match[str]:
+        """Until the command's output matches `pattern`; the match."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        match: re.Match[str] | None = self._ready_loop(f"{regex.pattern!r}", timeout, lambda: regex.search(self.logs()))
+        if match is None:
+            raise SandboxTimeoutError(f"waiting for {regex.pattern!r}", "no match")
+        return match
+
+    def logs(self) -> str:
+        """Everything the command wrote to its stdout and stderr so far."""
+        if self._log is None:
+            return ""
+        try:
+            return self._log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log
+
+    # -- more commands inside -------------------------------------------------------------------
+
+    def popen(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` inside the running sandbox (as `nsrun exec`): its namespaces, its
+        confinement, its user unless `user`. The Popen's return code is the command's."""
+        from nsrun.launch.joining import open_pinned, plan_exec
+
+        record = self._record()
+        plan: ProcessPlan = plan_exec(
+            record, list(argv), user=user, env=[f"{k}={v}" for k, v in (env or {}).items()], workdir=workdir
+        )
+        kinds = ("net", "uts", "ipc", "pid", "mnt")
+        fds = [open_pinned(record, kind) for kind in kinds]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = subprocess.Popen(  # nsrun's own shim, argv as a list
+                _shim_command(theirs.fileno()),
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,
+            )
+            _send(ours, {"plan": json.loads(plan.to_json()), "join": list(kinds)}, fds)
+        finally:
+            theirs.close()
+            for fd in fds:
+                os.close(fd)
+        # the shim reports on this socket; closing our end would end the command: keep it with the Popen
+        process.nsrun_control = ours  # type: ignore[attr-defined]
+        return process
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        user: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        input: bytes | None = None,  # noqa: A002  # as subprocess.run
+        timeout: float | None = None,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `argv` inside the sandbox to the end; its output and return code (as subprocess.run)."""
+        process = self.popen(
+            argv,
+            user=user,
+            env=env,
+            workdir=workdir,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        with process:
+            try:
+                out, err = process.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise
+            finally:
+                process.nsrun_control.close()  # type: ignore[attr-defined]
+        result = subprocess.CompletedProcess(list(argv), process.returncode, out, err)
+        if check:
+            result.check_returncode()
+        return result
+
+    def _record(self) -> Any:
+        from nsrun.launch.records import is_stale, registry
+
+        if self._launch is None or self._returncode is not None:
+            raise NsrunError(f"entering sandbox {self.name!r}", "it is not running", "start() it first")
+        return registry(self._dirs).find(self._launch.sandbox_id, is_stale)
+
+    def __repr__(self) -> str:
+        state = (
+            "new" if self._launch is None else "running" if self._returncode is None else f"ended {self._returncode}"
+        )
+        return f"<nsrun.Sandbox {self.name} {state}>"

@@ -1,0 +1,117 @@
+"""Signalling a running sandbox from outside it: `nsrun stop`, `kill` and `wait`.
+
+A signal goes to the sandbox's shim, which passes it on to the command through its init (the only
+process allowed to signal the init is its parent: the pid cannot have been reused); SIGKILL goes to
+the init itself, which takes the whole PID namespace along. Either process is addressed through a
+pidfd opened before checking that it is the one the record names (start time, or the pinned PID
+namespace and parent): a reused pid is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from typing import TYPE_CHECKING, Final
+
+from nsrun.errors import NsrunError, UsageError
+from nsrun.process import liveness
+
+if TYPE_CHECKING:
+    from nsrun.state.registry import SandboxRecord
+
+__all__ = ["parse_signal", "send_signal", "stop", "wait_ended"]
+
+_STOP_GRACE: Final = 10.0
+
+
+def parse_signal(text: str) -> int:
+    """TERM, SIGTERM, term or 15."""
+    name = text.strip().upper()
+    if name.isdigit():
+        number = int(name)
+        if number in {int(s) for s in signal.valid_signals()}:
+            return number
+    else:
+        candidate = name if name.startswith("SIG") else f"SIG{name}"
+        if hasattr(signal.Signals, candidate):
+            return int(signal.Signals[candidate])
+    raise UsageError(f"invalid signal {text!r}", "not a signal name or number", "e.g. TERM, SIGINT or 9")
+
+
+def _shim_fd(record: SandboxRecord) -> int | None:
+    try:
+        fd = os.pidfd_open(record.pid)
+    except OSError:
+        return None
+    if not liveness.holder_alive(record.pid, record.start_time, record.pidns):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _init_fd(record: SandboxRecord) -> int | None:
+    """The sandbox's init: in the pinned PID namespace, a child of the shim."""
+    if record.init_pid is None or "pid" not in record.namespaces:
+        return None
+    try:
+        fd = os.pidfd_open(record.init_pid)
+    except OSError:
+        return None
+    try:
+        genuine = os.stat(f"/proc/{record.init_pid}/ns/pid").st_ino == record.namespaces["pid"][1]
+        with open(f"/proc/{record.init_pid}/stat") as source:
+            genuine = genuine and int(source.read().rsplit(")", 1)[1].split()[1]) == record.pid
+    except (OSError, ValueError, IndexError):
+        genuine = False
+    if not genuine:
+        os.close(fd)
+        return None
+    return fd
+
+
+def send_signal(record: SandboxRecord, signum: int) -> None:
+    """Pass `signum` to the command; SIGKILL ends the whole sandbox at once."""
+    if signum == signal.SIGSTOP:
+        raise UsageError("nsrun kill -s STOP", "a stopped shim could not pass SIGCONT on", "use -s TSTP")
+    fd = _init_fd(record) if signum == signal.SIGKILL else _shim_fd(record)
+    if fd is None:
+        raise NsrunError(f"signalling sandbox {record.name!r}", "it has ended", "see `nsrun ls`")
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signum)
+    finally:
+        os.close(fd)
+
+
+def wait_ended(record: SandboxRecord, timeout: float | None = None) -> bool:
+    """Until the sandbox's shim has exited (its teardown done); False on timeout."""
+    fd = _shim_fd(record)
+    if fd is None:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+    finally:
+        os.close(fd)
+
+
+def stop(record: SandboxRecord, timeout: float) -> None:
+    """SIGTERM to the command; after `timeout` seconds SIGKILL of the whole sandbox; returns once
+    it is torn down."""
+    with contextlib.suppress(NsrunError):
+        send_signal(record, signal.SIGTERM)
+    if wait_ended(record, timeout):
+        return
+    with contextlib.suppress(NsrunError):
+        send_signal(record, signal.SIGKILL)
+    deadline = time.monotonic() + _STOP_GRACE
+    if not wait_ended(record, deadline - time.monotonic()):
+        raise NsrunError(
+            f"stopping sandbox {record.name!r}",
+            f"its shim (pid {record.pid}) did not finish its teardown",
+            "see `nsrun doctor`",
+        )

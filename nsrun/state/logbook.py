@@ -1,0 +1,123 @@
+"""How sandboxes ended, and the logs of those whose output is not a terminal (detached ones, those
+the library starts).
+
+A sandbox someone may ask about later (a named one, a logged one) gets an entry once it is set up,
+/run/nsrun/exits/<id>.json: its name, command and, once it ended, its status; a logged one also
+/var/lib/nsrun/logs/<id>.log (on disk: logs can be large). Both are kept after the end, so
+`nsrun logs` and `nsrun wait` still answer, for a day or until a sandbox of the same name starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Final
+
+from nsrun.state import files
+from nsrun.state.schema import ID_RE, NAME_RE, CorruptStateError, parse_json
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from nsrun.state.paths import StateDirs
+
+__all__ = ["KEEP_SECONDS", "LogBook", "LogEntry"]
+
+KEEP_SECONDS: Final = 24 * 3600
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    sandbox_id: str
+    name: str
+    command: tuple[str, ...]
+    started: float
+    ended: float | None = None
+    status: int | None = None  # as a shell reports it: the exit code, 128+N for signal N
+    logged: bool = False  # its output went to a log file
+
+
+class LogBook:
+    def __init__(self, dirs: StateDirs) -> None:
+        self._dirs = dirs
+        self.directory = dirs.logs
+        self.exits = dirs.run / "exits"
+
+    def log_path(self, sandbox_id: str) -> Path:
+        if not ID_RE.fullmatch(sandbox_id):
+            raise ValueError(f"not a sandbox id: {sandbox_id!r}")
+        return self.directory / f"{sandbox_id}.log"
+
+    def _entry_path(self, sandbox_id: str) -> Path:
+        if not ID_RE.fullmatch(sandbox_id):
+            raise ValueError(f"not a sandbox id: {sandbox_id!r}")
+        return self.exits / f"{sandbox_id}.json"
+
+    def open_log(self, sandbox_id: str) -> int:
+        """A new, empty log for the sandbox: an fd to write it."""
+        self._dirs.ensure(self.directory)
+        return files.open_private(self.log_path(sandbox_id), os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
+
+    def record(self, entry: LogEntry) -> None:
+        """Note the sandbox's start, replacing what is kept of the last one of its name."""
+        self._dirs.ensure(self.exits)
+        self.sweep(replacing=entry.name)
+        files.write_file(self._entry_path(entry.sandbox_id), json.dumps(asdict(entry)))
+
+    def ended(self, sandbox_id: str, status: int) -> None:
+        entry = self.get(sandbox_id)
+        if entry is not None:
+            data = asdict(entry) | {"ended": time.time(), "status": status}
+            files.write_file(self._entry_path(sandbox_id), json.dumps(data))
+
+    def get(self, sandbox_id: str) -> LogEntry | None:
+        path = self._entry_path(sandbox_id)
+        try:
+            text = files.read_file(path)
+        except files.StateError:
+            return None
+        if text is None:
+            return None
+        try:
+            fields = parse_json(text, path)
+            ended = fields.number("ended") if fields.has("ended") else None
+            return LogEntry(
+                sandbox_id=fields.text("sandbox_id", ID_RE),
+                name=fields.text("name", NAME_RE),
+                command=fields.texts("command"),
+                started=fields.number("started"),
+                ended=ended,
+                status=fields.optional_integer("status", 0, 255),
+                logged=fields.flag("logged"),
+            )
+        except CorruptStateError:
+            return None
+
+    def entries(self) -> list[LogEntry]:
+        if not self.exits.is_dir():
+            return []
+        found = []
+        for name in os.listdir(self.exits):
+            stem, _, suffix = name.partition(".")
+            if suffix == "json" and ID_RE.fullmatch(stem) and (entry := self.get(stem)) is not None:
+                found.append(entry)
+        return sorted(found, key=lambda entry: entry.started)
+
+    def find(self, name: str) -> LogEntry | None:
+        """The latest sandbox of that name (or id), running or ended."""
+        matches = [entry for entry in self.entries() if name in (entry.name, entry.sandbox_id)]
+        return matches[-1] if matches else None
+
+    def remove(self, sandbox_id: str) -> None:
+        files.remove_file(self.log_path(sandbox_id))
+        files.remove_file(self._entry_path(sandbox_id))
+
+    def sweep(self, replacing: str | None = None) -> None:
+        """Forget ended sandboxes older than a day, and the last one of a name now reused."""
+        now = time.time()
+        for entry in self.entries():
+            if entry.ended is None:
+                continue
+            if entry.name == replacing or now - entry.ended > KEEP_SECONDS:
+                self.remove(entry.sandbox_id)
