@@ -44,7 +44,8 @@ def validate_name(name: str, *, what: str = "network name") -> str:
     if len(name) > MAX_NAME_LEN or not _NAME_RE.fullmatch(name):
         raise UsageError(
             f"invalid {what} {name!r}",
-            f"use 1-{MAX_NAME_LEN} letters, digits, '_', '.' or '-', starting with a letter or digit",
+            f"it must be 1-{MAX_NAME_LEN} letters, digits, '_', '.' or '-', starting with a letter or digit",
+            "e.g. lab-1",
         )
     return name
 
@@ -58,7 +59,9 @@ def validate_ifname(name: str) -> str:
             "choose a shorter --bridge",
         )
     if name in {".", ".."} or any(c in name for c in "/: ") or not name.isprintable():
-        raise UsageError(f"invalid interface name {name!r}", "it may not contain '/', ':' or spaces")
+        raise UsageError(
+            f"invalid interface name {name!r}", "it may not contain '/', ':' or spaces", "choose another --bridge"
+        )
     return name
 
 
@@ -68,7 +71,7 @@ def parse_address(text: str, *, option: str = "--ip") -> ipaddress.IPv4Address:
     except ValueError as err:
         raise UsageError(f"invalid {option} {text!r}", "not an IPv4 address", "e.g. 10.123.0.7") from err
     if not isinstance(address, ipaddress.IPv4Address):
-        raise UsageError(f"invalid {option} {text!r}", "only IPv4 addresses are supported")
+        raise UsageError(f"invalid {option} {text!r}", "only IPv4 addresses are supported here", "e.g. 10.123.0.7")
     return address
 
 
@@ -77,6 +80,8 @@ MAX_PREFIXLEN6: Final = 120
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """An IPv4 subnet, or an IPv6 one for dual-stack networks."""
+    if "%" in text:  # a scope id belongs to one link of the host, not to a network nsrun makes
+        raise UsageError(f"invalid --subnet {text!r}", "a subnet has no scope (%...)", "leave the %... part out")
     try:
         subnet = ipaddress.ip_network(text, strict=True)
     except ValueError as err:
@@ -84,10 +89,20 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
             f"invalid --subnet {text!r}", str(err), "give a network in CIDR form, e.g. 10.123.0.0/24"
         ) from err
     if isinstance(subnet, ipaddress.IPv6Network):
-        if subnet.prefixlen > MAX_PREFIXLEN6 or subnet.is_multicast or subnet.is_link_local or subnet.is_loopback:
+        unusable = (
+            subnet.is_multicast
+            or subnet.is_link_local
+            or subnet.is_loopback
+            or subnet.is_reserved  # ::/8 holds the IPv4-mapped and -compatible ranges
+            or subnet.is_site_local
+            or subnet.is_unspecified
+        )
+        if subnet.prefixlen > MAX_PREFIXLEN6 or unusable:
             raise UsageError(
                 f"invalid --subnet {text!r}",
-                f"use a unicast, non-link-local IPv6 prefix of /{MAX_PREFIXLEN6} or shorter",
+                "IPv6 networks need a unicast prefix outside the loopback, link-local, site-local, reserved"
+                f" and IPv4-mapped ranges, of /{MAX_PREFIXLEN6} or shorter",
+                "use a unique local prefix, e.g. fd00:123::/64",
             )
         return subnet
     if subnet.prefixlen > MIN_PREFIXLEN_HOSTS:
@@ -96,21 +111,27 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
             "it has no room for a gateway and a sandbox",
             f"use a prefix of /{MIN_PREFIXLEN_HOSTS} or shorter",
         )
-    if subnet.is_loopback or subnet.is_multicast or subnet.is_link_local or subnet.is_unspecified:
-        raise UsageError(f"invalid --subnet {text!r}", "loopback, link-local and multicast ranges cannot be used")
+    if subnet.is_loopback or subnet.is_multicast or subnet.is_link_local or subnet.is_unspecified or subnet.is_reserved:
+        raise UsageError(
+            f"invalid --subnet {text!r}",
+            "loopback, link-local, multicast and reserved ranges cannot be used",
+            "use a private range, e.g. 10.123.0.0/24",
+        )
     return subnet
 
 
 def parse_mac(text: str) -> str:
     if not _MAC_RE.fullmatch(text):
-        raise UsageError(f"invalid --mac {text!r}", "expected six hex bytes, e.g. 02:00:00:00:00:07")
+        raise UsageError(f"invalid --mac {text!r}", "expected six hex bytes", "e.g. --mac 02:00:00:00:00:07")
     first = int(text[:2], 16)
     if first & 0x01:
         raise UsageError(
             f"invalid --mac {text!r}", "it is a multicast address", "clear the lowest bit of the first byte"
         )
     if int(text.replace(":", ""), 16) == 0:
-        raise UsageError(f"invalid --mac {text!r}", "the all-zero address cannot be assigned")
+        raise UsageError(
+            f"invalid --mac {text!r}", "the all-zero address cannot be assigned", "e.g. --mac 02:00:00:00:00:07"
+        )
     return text.lower()
 
 
@@ -119,7 +140,8 @@ def validate_hostname(name: str) -> str:
     if len(name) > HOST_NAME_MAX or not all(_LABEL_RE.fullmatch(label) for label in labels):
         raise UsageError(
             f"invalid --hostname {name!r}",
-            f"use dot-separated labels of letters, digits and '-', {HOST_NAME_MAX} characters at most",
+            f"it must be dot-separated labels of letters, digits and '-', {HOST_NAME_MAX} characters at most",
+            "e.g. --hostname web-1.test",
         )
     return name
 
@@ -134,13 +156,17 @@ def parse_dns(text: str) -> str:
 def parse_env(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not _ENV_KEY_RE.fullmatch(key):
-        raise UsageError(f"invalid --env {text!r}", "expected KEY=VALUE with KEY made of letters, digits and '_'")
+        raise UsageError(
+            f"invalid --env {text!r}", "expected KEY=VALUE with KEY made of letters, digits and '_'", "e.g. -e DEBUG=1"
+        )
     return key, value
 
 
 def validate_mtu(mtu: int) -> int:
     if not MIN_MTU <= mtu <= MAX_MTU:
-        raise UsageError(f"invalid --mtu {mtu}", f"it must be between {MIN_MTU} and {MAX_MTU}")
+        raise UsageError(
+            f"invalid --mtu {mtu}", f"it must be between {MIN_MTU} and {MAX_MTU}", "leave --mtu out for the uplink's"
+        )
     return mtu
 
 
@@ -162,10 +188,16 @@ def parse_publish(text: str) -> PortMapping:
         )
     host_port, port = int(match["host"] or 0), int(match["port"])  # host port 0: a free one, chosen at start
     if not (0 <= host_port <= MAX_PORT and 0 < port <= MAX_PORT):
-        raise UsageError(f"invalid -p {text!r}", f"ports must be between 1 and {MAX_PORT} (0 for a free host port)")
+        raise UsageError(
+            f"invalid -p {text!r}",
+            f"ports must be between 1 and {MAX_PORT} (a host port may be 0: a free one)",
+            "e.g. -p 8081:9000, or -p 9000",
+        )
     host_ip = parse_address(match["ip"], option="-p host address") if match["ip"] else None
     if host_ip is not None and host_ip.is_multicast:
-        raise UsageError(f"invalid -p {text!r}", "the host address is a multicast address")
+        raise UsageError(
+            f"invalid -p {text!r}", "the host address is a multicast address", "use one of the host's addresses"
+        )
     if host_ip is not None and host_ip.is_unspecified:
         host_ip = None  # 0.0.0.0: every host address, as without one
     return PortMapping(host_port, port, match["proto"] or "tcp", host_ip)

@@ -63,6 +63,9 @@ class World:
 
     def run(self, *args: str, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
         kw.setdefault("env", self.env)
+        # a command is run from the caller's directory: from /, any --user may enter it (a checkout
+        # may sit in a home only root can)
+        kw.setdefault("cwd", "/")
         return subprocess.run(
             [*self._enter(), *args], capture_output=True, text=True, timeout=timeout, check=False, **kw
         )
@@ -71,6 +74,7 @@ class World:
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("env", self.env)
+        kw.setdefault("cwd", "/")
         proc = subprocess.Popen([*self._enter(), *args], text=True, **kw)
         self._background.append(proc)
         return proc

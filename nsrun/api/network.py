@@ -72,7 +72,7 @@ class Network:
         if v4 is not None and not isinstance(v4, ipaddress.IPv4Network):
             raise UsageError(f"invalid subnet {subnet!r}", "expected IPv4", "give the IPv6 prefix as subnet6")
         if v6 is not None and not isinstance(v6, ipaddress.IPv6Network):
-            raise UsageError(f"invalid subnet6 {subnet6!r}", "expected an IPv6 prefix")
+            raise UsageError(f"invalid subnet6 {subnet6!r}", "expected an IPv6 prefix", "e.g. fd00:123::/64")
         if bridge is not None:
             validate_ifname(bridge)
         if mtu is not None:

@@ -60,7 +60,9 @@ def _publish_specs(publish: Sequence[int | str | tuple[int, int]]) -> list[str]:
     specs = []
     for item in publish:
         if isinstance(item, bool):
-            raise UsageError(f"invalid publish {item!r}", "expected a port, 'HOST:PORT' or (HOST, PORT)")
+            raise UsageError(
+                f"invalid publish {item!r}", "expected a port, 'HOST:PORT' or (HOST, PORT)", "e.g. publish=[6379]"
+            )
         if isinstance(item, int):
             specs.append(str(item))
         elif isinstance(item, tuple):
@@ -219,13 +221,22 @@ class Sandbox:
             return
         message = _receive(self._control, _START_TIMEOUT)
         if message is None:
-            raise NsrunError(f"starting sandbox {self.name!r}", "its shim ended before the command started")
+            raise NsrunError(
+                f"starting sandbox {self.name!r}",
+                "its shim ended before the command started",
+                f"see its log {self._log}",
+            )
         if message.get("event") == "ended":
             self._control_done()
             failure = message.get("failure") or "the command ended at once"
             from nsrun.errors import CommandError
 
-            raise CommandError(f"starting sandbox {self.name!r}", failure, exit_code=int(message.get("code", 125)))
+            raise CommandError(
+                f"starting sandbox {self.name!r}",
+                failure,
+                "check the command and its PATH",
+                exit_code=int(message.get("code", 125)),
+            )
         self._started = message
         namespaces = {kind: int(fd) for kind, fd in message["namespaces"].items()}
         launch.started(Started(int(message["init_pid"]), int(message["command_pid"]), namespaces))
@@ -324,7 +335,9 @@ class Sandbox:
             if self._launch is None:
                 raise NsrunError(f"waiting for sandbox {self.name!r}", "it was not started", "call start() first")
             if not self._ended.wait_for(lambda: self._returncode is not None, timeout):
-                raise SandboxTimeoutError(f"waiting for sandbox {self.name!r}", f"still running after {timeout}s")
+                raise SandboxTimeoutError(
+                    f"waiting for sandbox {self.name!r}", f"still running after {timeout}s", "stop() it"
+                )
             return self._returncode if self._returncode is not None else -signal.SIGKILL
 
     def __enter__(self) -> Self:
@@ -387,11 +400,13 @@ class Sandbox:
                 raise SandboxExitedError(
                     f"waiting for {what} of sandbox {self.name!r}",
                     f"its command ended with {self._returncode}; its log ends with: {self.logs()[-_LOG_TAIL:]!r}",
+                    "see why in its log",
                 )
             if time.monotonic() >= deadline:
                 raise SandboxTimeoutError(
                     f"waiting for {what} of sandbox {self.name!r}",
                     f"not there after {timeout}s; its log ends with: {self.logs()[-_LOG_TAIL:]!r}",
+                    "give it a longer timeout, or see why in its log",
                 )
             time.sleep(_POLL)
 
@@ -407,7 +422,7 @@ class Sandbox:
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         match: re.Match[str] | None = self._ready_loop(f"{regex.pattern!r}", timeout, lambda: regex.search(self.logs()))
         if match is None:
-            raise SandboxTimeoutError(f"waiting for {regex.pattern!r}", "no match")
+            raise SandboxTimeoutError(f"waiting for {regex.pattern!r}", "no match", "see logs()")
         return match
 
     def logs(self) -> str:

@@ -64,7 +64,7 @@ def network_create(
     v4 = [s for s in subnets if isinstance(s, ipaddress.IPv4Network)]
     v6 = [s for s in subnets if isinstance(s, ipaddress.IPv6Network)]
     if len(v4) > 1 or len(v6) > 1:
-        raise UsageError("invalid --subnet", "give at most one IPv4 and one IPv6 subnet")
+        raise UsageError("invalid --subnet", "more than one of a family", "give at most one IPv4 and one IPv6 subnet")
     parsed_subnet = v4[0] if v4 else None
     parsed_gateway = parse_address(gateway, option="--gateway") if gateway is not None else None
     if bridge is not None:

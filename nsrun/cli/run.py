@@ -192,9 +192,13 @@ def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
             "usage: nsrun [OPTIONS] [--] CMD [ARGS...]; see nsrun --help",
         )
     if wait_port is not None and not 0 < wait_port <= _MAX_PORT:
-        raise UsageError(f"invalid --wait-port {wait_port}", f"a port is between 1 and {_MAX_PORT}")
+        raise UsageError(
+            f"invalid --wait-port {wait_port}", f"a port is between 1 and {_MAX_PORT}", "e.g. --wait-port 8080"
+        )
     if wait_timeout <= 0:
-        raise UsageError(f"invalid --wait-timeout {wait_timeout}", "it must be more than 0 seconds")
+        raise UsageError(
+            f"invalid --wait-timeout {wait_timeout}", "it must be more than 0 seconds", "e.g. --wait-timeout 30"
+        )
     require_root()
     from nsrun.launch.request import SandboxRequest
     from nsrun.process.terminal import is_terminal
@@ -314,6 +318,8 @@ class _Run:
         except NsrunError as err:
             self._finish(err.exit_code)
             self.reporter.send({"error": str(err), "code": err.exit_code})
+            for failure in self.sandbox.rollback_failures:
+                print(f"nsrun: warning: undoing the set-up: {failure} (run `nsrun doctor`)", file=sys.stderr)
             raise
         except BaseException:
             self._finish(EXIT_NSRUN_FAILED)

@@ -135,7 +135,7 @@ def _exec_options(args: list[str]) -> tuple[dict[str, Any], list[str]]:
             index += 1
             value = args[index]
         else:
-            raise UsageError(f"nsrun exec {key}", "it needs a value")
+            raise UsageError(f"nsrun exec {key}", "it needs a value", "see nsrun exec --help")
         field = _EXEC_OPTIONS[key]
         if field == "env":
             found.setdefault("env", []).append(value)
@@ -259,7 +259,7 @@ def logs_command(
                     sys.stdout.flush()
                 sys.stdout.buffer.write(source.read())
     except FileNotFoundError as err:
-        raise NotFoundError(f"logs of {name!r}", f"{path} is gone") from err
+        raise NotFoundError(f"logs of {name!r}", f"{path} is gone", "see `nsrun ls`") from err
 
 
 def _find_running(sandbox_id: str) -> SandboxRecord | None:

@@ -94,4 +94,6 @@ def open_backend(name: str) -> FirewallBackend:
         return NftablesBackend()
     if name == "none":
         return NoFirewall()
-    raise UsageError(f"unknown firewall backend {name!r}", f"valid backends: {', '.join(BACKENDS)}")
+    raise UsageError(
+        f"unknown firewall backend {name!r}", "nsrun has no such backend", f"use one of: {', '.join(BACKENDS)}"
+    )

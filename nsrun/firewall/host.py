@@ -15,11 +15,13 @@ if TYPE_CHECKING:
     from nsrun.firewall.rules import ForeignChain, NetworkRules, PortRules
 
 __all__ = [
+    "addresses_in_use",
     "coexistence_status",
     "ensure_network_firewall",
     "guard_port",
     "publish_ports",
     "remove_sandbox_rules",
+    "sandbox_rules_present",
     "teardown_network_firewall",
 ]
 
@@ -90,6 +92,34 @@ def guard_port(backend: str, guard: PortGuard) -> bool:
         return False
     nft.add_port_guard(guard)
     return True
+
+
+def addresses_in_use() -> dict[str, str]:
+    """Sandbox id -> IPv4 address, from the bridge-port filters in place (empty without nf_tables)."""
+    try:
+        from nsrun.firewall.nftables import NftablesBackend
+
+        return NftablesBackend().guarded_addresses()
+    except NsrunError:
+        return {}
+
+
+def sandbox_rules_present(backend: str) -> tuple[set[str] | None, set[str]]:
+    """(sandbox ids with a bridge-port filter, None without nf_tables; sandbox ids with published
+    ports), each from one listing."""
+    guards: set[str] | None = None
+    with contextlib.suppress(NsrunError):
+        from nsrun.firewall.nftables import NftablesBackend
+
+        guards = NftablesBackend().port_guards()
+    published: set[str] = set()
+    if backend == "nftables":
+        published = open_backend(backend).published()  # type: ignore[attr-defined]
+    elif backend == "iptables":
+        from nsrun.firewall.iptables import IptablesBackend
+
+        published = IptablesBackend().published()
+    return guards, published
 
 
 def remove_sandbox_rules(sandbox_id: str) -> None:

@@ -42,7 +42,8 @@ POSTROUTING_CHAIN: Final = "NSRUN-POSTROUTING"
 GUARD_CHAIN: Final = "NSRUN-PREROUTING"  # raw table
 INPUT_CHAIN: Final = "NSRUN-INPUT"  # filter table: what sandboxes may open on the host (--no-host-access)
 PORTS_CHAIN: Final = "NSRUN-PORTS"  # nat table, entered from PREROUTING and OUTPUT for local destinations
-PORTS_COMMENT: Final = "nsrun:ports"
+PORTS_COMMENT: Final = "nsrun-ports"  # not a network's tag (`nsrun:NAME`)
+_LEGACY_PORTS_COMMENT: Final = "nsrun:ports"
 JUMP_COMMENT: Final = "nsrun"
 _FILTER: Final = "filter"
 _NAT: Final = "nat"
@@ -200,6 +201,19 @@ class IptablesBackend:
                 table.delete_chain(PORTS_CHAIN)
             self._commit(table)
 
+    def published(self) -> set[str]:
+        """The sandbox ids with published-port rules here."""
+        with self._errors("reading published ports"):
+            table = self._table(_NAT)
+            if not table.is_chain(PORTS_CHAIN):
+                return set()
+            found = set()
+            for rule in self._iptc.Chain(table, PORTS_CHAIN).rules:
+                for match in rule.matches:
+                    if match.name == "comment" and match.comment.startswith(SANDBOX_COMMENT_PREFIX):
+                        found.add(match.comment[len(SANDBOX_COMMENT_PREFIX) :])
+            return found
+
     # -- another tool's FORWARD policy DROP in the legacy tables --------------------------------
 
     def foreign_drops(self) -> list[ForeignChain]:
@@ -262,6 +276,8 @@ class IptablesBackend:
                     for rule in self._iptc.Chain(table, chain_name).rules:
                         comment = next((m.comment for m in rule.matches if m.name == "comment"), "")
                         network = comment[len(COMMENT_PREFIX) :] if comment.startswith(COMMENT_PREFIX) else None
+                        if comment == _LEGACY_PORTS_COMMENT:
+                            network = None
                         if network is None or network in known:
                             continue
                         fix = (

@@ -41,7 +41,9 @@ INPUT: Final = "input"  # what sandboxes may open on the host itself
 PORTS: Final = "ports"  # DNAT of published ports, entered from the nat prerouting and output hooks
 PREROUTING_NAT: Final = "prerouting-nat"
 OUTPUT_NAT: Final = "output-nat"
-PORTS_COMMENT: Final = "nsrun:ports"
+# the jumps to the ports chain: not a network's tag (`nsrun:NAME`), so never taken for one
+PORTS_COMMENT: Final = "nsrun-ports"
+_LEGACY_PORTS_COMMENT: Final = "nsrun:ports"  # what nsrun 0.1 tagged them with
 _FILTER_PRIORITY: Final = 0
 _SRCNAT_PRIORITY: Final = 100
 _DSTNAT_PRIORITY: Final = -100
@@ -158,7 +160,11 @@ class NftablesBackend:
     def add_port_guard(self, guard: PortGuard) -> None:
         rc, _, error = self._nft.cmd(guard.script())
         if rc != 0:
-            raise NsrunError(f"filtering what sandbox {guard.sandbox_id} sends on its bridge", _first_line(error))
+            raise NsrunError(
+                f"filtering what sandbox {guard.sandbox_id} sends on its bridge",
+                _first_line(error),
+                "run `nsrun doctor` to check nf_tables support",
+            )
 
     def remove_port_guard(self, sandbox_id: str) -> None:
         """Remove the sandbox's bridge-port chain and its jump; with the last one, the table."""
@@ -186,6 +192,38 @@ class NftablesBackend:
             commands = [{"delete": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}}]
         if commands:
             self._run(commands, f"removing the bridge-port filter of sandbox {sandbox_id}")
+
+    def guarded_addresses(self) -> dict[str, str]:
+        """Sandbox id -> the IPv4 address its bridge-port filter admits: what running sandboxes
+        hold, as the kernel knows it even when nsrun's state under /run was lost."""
+        items = self._list(
+            {"list": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}},
+            "reading table bridge nsrun",
+            missing_ok=True,
+        )
+        found: dict[str, str] = {}
+        for item in items:
+            rule = item.get("rule")
+            chain = str(rule.get("chain", "")) if rule else ""
+            if not rule or not chain.startswith("sb-"):
+                continue
+            for expr in rule.get("expr", []):
+                match = expr.get("match", {})
+                left = match.get("left", {}).get("payload", {})
+                if left == {"protocol": "ip", "field": "saddr"} and match.get("op") == "!=":
+                    found[chain.removeprefix("sb-")] = str(match.get("right"))
+        return found
+
+    def published(self) -> set[str]:
+        """The sandbox ids with published-port rules here."""
+        items = self._list(
+            {"list": {"table": {"family": FAMILY, "name": TABLE}}}, "reading table inet nsrun", missing_ok=True
+        )
+        return {
+            str(r["comment"])[len(SANDBOX_COMMENT_PREFIX) :]
+            for item in items
+            if (r := item.get("rule")) and str(r.get("comment", "")).startswith(SANDBOX_COMMENT_PREFIX)
+        }
 
     def port_guards(self) -> set[str]:
         """The sandbox ids with a bridge-port filter in place."""
@@ -269,7 +307,8 @@ class NftablesBackend:
         fixes: dict[str, list[str]] = {}
         for item in items:
             rule = item.get("rule")
-            if not rule or not str(rule.get("comment", "")).startswith(COMMENT_PREFIX):
+            comment = str(rule.get("comment", "")) if rule else ""
+            if not rule or not comment.startswith(COMMENT_PREFIX) or comment == _LEGACY_PORTS_COMMENT:
                 continue
             network = rule["comment"][len(COMMENT_PREFIX) :]
             if network in known or rule["chain"] in (in_chain(network), out_chain(network)):

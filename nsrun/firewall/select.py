@@ -28,7 +28,7 @@ def requested_backend() -> str:
     """NSRUN_FIREWALL, checked; `auto` when unset."""
     value = os.environ.get(ENV_FIREWALL, "auto").strip() or "auto"
     if value not in CHOICES:
-        raise UsageError(f"invalid {ENV_FIREWALL}={value!r}", f"choose one of: {', '.join(CHOICES)}")
+        raise UsageError(f"invalid {ENV_FIREWALL}={value!r}", "no such backend", f"choose one of: {', '.join(CHOICES)}")
     return value
 
 

@@ -34,11 +34,13 @@ def allocate(
     store: LeaseStore,
     make_lease: Callable[[ipaddress.IPv4Address], Lease],
     requested: ipaddress.IPv4Address | None = None,
+    in_use: frozenset[ipaddress.IPv4Address] = frozenset(),
 ) -> Lease:
-    """Reserve `requested`, or the next free address in round-robin order. Call under `store.locked()`."""
+    """Reserve `requested`, or the next free address in round-robin order, never one of `in_use`
+    (held by a running sandbox no lease names). Call under `store.locked()`."""
     if requested is not None:
         lease = make_lease(requested)
-        if store.reserve(lease):
+        if requested not in in_use and store.reserve(lease):
             return lease
         holder = store.get(requested)
         who = f"sandbox {holder.name or holder.sandbox_id} (pid {holder.pid})" if holder else "another sandbox"
@@ -46,6 +48,8 @@ def allocate(
             f"address {requested} on network {network!r}", f"already used by {who}", "choose another --ip"
         )
     for address in pool.candidates(store.last_reserved()):
+        if address in in_use:
+            continue
         lease = make_lease(address)
         if store.reserve(lease):
             return lease

@@ -36,7 +36,9 @@ def _group_id(text: str) -> int:
     try:
         return grp.getgrnam(text).gr_gid
     except KeyError:
-        raise UsageError(f"invalid --user group {text!r}", "no such group on this host") from None
+        raise UsageError(
+            f"invalid --user group {text!r}", "no such group on this host", "give a group name or gid"
+        ) from None
 
 
 def resolve_user(spec: str) -> User:
@@ -48,7 +50,9 @@ def resolve_user(spec: str) -> User:
         entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
     except KeyError:
         if not name.isdigit():
-            raise UsageError(f"invalid --user {name!r}", "no such user on this host") from None
+            raise UsageError(
+                f"invalid --user {name!r}", "no such user on this host", "give a user name or uid"
+            ) from None
         entry = None
     uid = int(name) if entry is None else entry.pw_uid
     gid = _group_id(group) if group else (entry.pw_gid if entry else uid)

@@ -10,6 +10,7 @@ from nsrun.state.registry import Registry, SandboxRecord
 
 if TYPE_CHECKING:
     from nsrun.errors import NsrunError
+    from nsrun.networks.spec import NetworkSpec
 
 __all__ = ["is_stale", "live_sandboxes", "registry"]
 
@@ -37,6 +38,66 @@ def live_sandboxes(dirs: StateDirs | None = None) -> list[SandboxRecord]:
     """Running sandboxes, sorted by name; stale records are reclaimed on the way."""
     records = registry(dirs or StateDirs()).live(is_stale)
     return sorted(records, key=lambda record: (record.name, record.sandbox_id))
+
+
+def _missing(record: SandboxRecord, present: tuple[set[str] | None, set[str]]) -> list[str]:
+    guards, published = present
+    missing = []
+    if guards is not None and record.mac and record.sandbox_id not in guards:
+        missing.append("bridge-port filter")
+    if record.ports and record.sandbox_id not in published:
+        missing.append("published ports")
+    return missing
+
+
+def missing_sandbox_rules(record: SandboxRecord, backend: str | None = None) -> list[str]:
+    """Which of a running sandbox's own rules are not in place."""
+    from nsrun.firewall import host as firewall
+
+    if backend is None:
+        from nsrun.networks.manager import network_store
+
+        spec = network_store(StateDirs()).get(record.network)
+        backend = spec.firewall if spec is not None else "none"
+    if backend == "none":
+        return []
+    return _missing(record, firewall.sandbox_rules_present(backend))
+
+
+def repair_sandbox_rules(dirs: StateDirs, network: NetworkSpec, skip: str = "") -> list[str]:
+    """Put back what is missing of the own rules (bridge-port filter, published ports) of the
+    network's running sandboxes, after a flush or a firewall reload; the ids repaired."""
+    import ipaddress
+
+    from nsrun.firewall import host as firewall
+    from nsrun.firewall.portguard import PortGuard
+    from nsrun.firewall.rules import PortRules
+    from nsrun.validate import parse_publish
+
+    if network.firewall == "none":
+        return []
+    records = [
+        record
+        for record in live_sandboxes(dirs)
+        if record.network == network.name and record.sandbox_id != skip and record.mac and record.addresses
+    ]
+    if not records:
+        return []
+    present = firewall.sandbox_rules_present(network.firewall)
+    repaired = []
+    for record in records:
+        if not _missing(record, present):
+            continue
+        address = ipaddress.IPv4Address(record.addresses[0])
+        address6 = ipaddress.IPv6Address(record.addresses[1]) if len(record.addresses) > 1 else None
+        firewall.remove_sandbox_rules(record.sandbox_id)
+        guard = PortGuard(record.sandbox_id, f"nsv{record.sandbox_id}", record.mac, address, address6)
+        firewall.guard_port(network.firewall, guard)
+        mappings = tuple(parse_publish(spec) for spec in record.ports)
+        if mappings:
+            firewall.publish_ports(network.firewall, PortRules(record.sandbox_id, address, mappings))
+        repaired.append(record.sandbox_id)
+    return repaired
 
 
 def corrupt_records(dirs: StateDirs | None = None) -> list[NsrunError]:

@@ -89,7 +89,8 @@ def parse_security_opt(options: Sequence[str]) -> tuple[bool, bool]:
         else:
             raise UsageError(
                 f"invalid --security-opt {option!r}",
-                "known: no-new-privileges[=true|false], seccomp=unconfined",
+                "nsrun does not know it",
+                "use no-new-privileges[=true|false] or seccomp=unconfined",
             )
     return no_new_privs, seccomp
 
@@ -114,7 +115,7 @@ def _parse_publish(publish: Sequence[str], mode: NetMode) -> tuple[PortMapping, 
         raise UsageError(f"-p with --net {mode.value}", "published ports need a bridge", "use --net bridge")
     for index, mapping in enumerate(mappings):
         if any(mapping.collides(other) for other in mappings[:index]):
-            raise UsageError(f"invalid -p {mapping.spec()}", "the host port is given twice")
+            raise UsageError(f"invalid -p {mapping.spec()}", "the host port is given twice", "give each host port once")
     return mappings
 
 
@@ -201,7 +202,7 @@ class SandboxRequest:
         who = resolve_user(user) if user is not None else invoking_user(caller_env)
         directory = os.path.normpath(os.path.join(caller_cwd, workdir)) if workdir else caller_cwd
         if workdir is not None and not os.path.isdir(directory):
-            raise UsageError(f"invalid --workdir {workdir!r}", "no such directory")
+            raise UsageError(f"invalid --workdir {workdir!r}", "no such directory", "give an existing directory")
         mappings = _parse_publish(publish, mode)
         _check_caps((*cap_add, *cap_drop))
         no_new_privs, seccomp = parse_security_opt(security_opt)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from nsrun.errors import ConflictError, TeardownError, UsageError
+from nsrun.errors import ConflictError, NsrunError, TeardownError, UsageError
 from nsrun.launch.records import is_stale, registry
 from nsrun.launch.request import JOIN_PREFIX, NetMode, SandboxRequest
 from nsrun.launch.view import plan_process
@@ -81,6 +81,7 @@ class Sandbox:
     publish: tuple[PortMapping, ...] = field(default=(), init=False)  # host ports as reserved
     hosts: Path | None = field(default=None, init=False)  # the network's shared hosts file
     not_ready: bool = field(default=False, init=False)  # stopped because `ready` never held
+    rollback_failures: list[str] = field(default_factory=list, init=False)
     plan: ProcessPlan | None = field(default=None, init=False)
     warnings: list[str] = field(default_factory=list, init=False)
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
@@ -101,6 +102,23 @@ class Sandbox:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Everything before the command runs; on failure everything done is undone, and what
+        could not be undone is in `rollback_failures`."""
+        from nsrun.process.mounts import root_is_mount_point
+
+        if not root_is_mount_point():
+            raise NsrunError(
+                "starting a sandbox",
+                "/ is not a mount point (inside a chroot?): the sandbox's mounts could not be kept from the host",
+                "run nsrun outside the chroot, or make its root a mount point first: mount --bind DIR DIR; chroot DIR",
+            )
+        self._failures = []
+        try:
+            self._setup()
+        finally:
+            self.rollback_failures = list(self._failures)
+
+    def _setup(self) -> None:
         with contextlib.ExitStack() as stack:
             self._undo = stack
             self._register()
@@ -170,6 +188,7 @@ class Sandbox:
             child_pid=started.command_pid,
             addresses=addresses,
             namespaces=pinned,
+            mac=self.mac or "",
         )
         reg = self._registry()
         reg.update(self.record)
@@ -321,7 +340,7 @@ class Sandbox:
         from nsrun.launch.joining import open_pinned
 
         if self.request.join is None:
-            raise UsageError("--net sandbox:", "no sandbox name given")
+            raise UsageError("--net sandbox:", "no sandbox name given", "e.g. --net sandbox:web")
         target = self._registry().find(self.request.join, is_stale)
         fd = open_pinned(target, "net")
         self.netns_fd = fd
@@ -352,15 +371,27 @@ class Sandbox:
         veth = host_veth_name(self.sandbox_id)
         store = LeaseStore(self.dirs.leases(network.name), root=self.dirs.run)
         with store.locked():
-            manager.ensure_loaded(self.dirs, network)
+            manager.ensure_loaded(self.dirs, network, store)
             manager.sweep_stale_leases(host, store)
-            lease = allocate(network.name, network.pool, store, self._lease_factory(veth), self.request.ip)
+            lease = allocate(
+                network.name,
+                network.pool,
+                store,
+                self._lease_factory(veth),
+                self.request.ip,
+                in_use=manager.unleased_addresses(network, store),
+            )
             self.lease = lease
             self._undo.callback(self._release, store, lease, network)
             # every sandbox of the network resolves this one's name from now on
             self.hosts = manager.refresh_hosts(self.dirs, network, store)
-            bridge_index, network = manager.ensure_host_side(self.dirs, host, network)
+            host_side = manager.ensure_host_side(self.dirs, host, network, store)
+            bridge_index, network = host_side.bridge_index, host_side.spec
             self.network = network
+        from nsrun.launch.records import repair_sandbox_rules
+
+        # after a flush or a firewall reload, the running sandboxes' own rules are gone too
+        repair_sandbox_rules(self.dirs, network, skip=self.sandbox_id)
         if self.checkpoint is not None:
             self.checkpoint()
         address = parse_address(lease.address)

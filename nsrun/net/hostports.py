@@ -47,5 +47,7 @@ def reserve_host_port(mapping: PortMapping) -> tuple[socket.socket, PortMapping]
             raise ConflictError(
                 f"publishing on {mapping.host_ip}", "no such address on this host", "use one of the host's addresses"
             ) from err
-        raise NsrunError(f"publishing host port {mapping.host_port}/{mapping.proto}", str(err)) from err
+        raise NsrunError(
+            f"publishing host port {mapping.host_port}/{mapping.proto}", err.strerror or str(err), "choose another port"
+        ) from err
     return sock, dataclasses.replace(mapping, host_port=sock.getsockname()[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import ipaddress
 import os
 import socket
@@ -27,11 +28,14 @@ __all__ = [
     "IPRoute",
     "attach_veth",
     "bridge_exists",
+    "bridge_mac",
+    "bridge_ports",
     "configure_sandbox",
     "create_veth",
     "default_route_mtu",
     "delete_link",
     "ensure_bridge",
+    "ensure_ports",
     "flush_udp_conntrack",
     "host_routes",
     "link_exists",
@@ -48,7 +52,7 @@ AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LOCAL_TABLE: Final = 255
 
 
-def _fail(action: str, err: NetlinkError, fix: str | None = None) -> NsrunError:
+def _fail(action: str, err: NetlinkError, fix: str = "run `nsrun doctor`") -> NsrunError:
     return NsrunError(action, os_error_text(err.code), fix)
 
 
@@ -98,9 +102,9 @@ def list_links(ipr: IPRoute) -> list[tuple[str, str | None]]:
     return [(m.get("ifname"), m.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")) for m in ipr.link("dump")]
 
 
-def ensure_bridge(ipr: IPRoute, name: str, addresses: Sequence[tuple[AnyAddress, int]]) -> int:
+def ensure_bridge(ipr: IPRoute, name: str, addresses: Sequence[tuple[AnyAddress, int]]) -> tuple[int, bool]:
     """The bridge exists, holds the gateway addresses (address, prefix length) and is up; returns
-    its index. Idempotent."""
+    its index, and whether it had to be created. Idempotent."""
     created = False
     try:
         ipr.link("add", ifname=name, kind="bridge")
@@ -117,12 +121,44 @@ def ensure_bridge(ipr: IPRoute, name: str, addresses: Sequence[tuple[AnyAddress,
     sysctl.disable_router_advertisements(name)
     if created:
         # Pin the bridge's MAC: by default it takes the lowest MAC of its ports and changes as
-        # sandboxes come and go, and peers then send to a stale ARP entry for up to minutes.
-        ipr.link("set", index=index, address=link.get("address"))
+        # sandboxes come and go, and peers then send to a stale ARP entry for up to minutes. The
+        # same MAC for the same bridge name: recreated under running sandboxes (after an
+        # `ip link del`), it is still the gateway their ARP caches know.
+        ipr.link("set", index=index, address=bridge_mac(name))
     for address, prefixlen in addresses:
         _ensure_address(ipr, index, address, prefixlen, f"bridge {name!r}")
     ipr.link("set", index=index, state="up")
-    return index
+    return index, created
+
+
+def ensure_ports(ipr: IPRoute, bridge_index: int, veths: Sequence[str]) -> list[str]:
+    """These veths (those that exist) are ports of the bridge and up; the ones it had to attach
+    (after `ip link del` of a bridge that ran sandboxes: their veths stayed, masterless)."""
+    attached = []
+    for name in veths:
+        link = _link(ipr, name)
+        if link is None or link.get("master") == bridge_index:
+            continue
+        try:
+            ipr.link("set", index=link["index"], master=bridge_index, state="up")
+        except NetlinkError as err:
+            raise _fail(f"attaching veth {name!r} to its bridge again", err) from err
+        attached.append(name)
+    return attached
+
+
+def bridge_ports(ipr: IPRoute, bridge: str) -> list[str] | None:
+    """Names of the bridge's ports; None if there is no such bridge."""
+    link = _link(ipr, bridge)
+    if link is None:
+        return None
+    return [m.get("ifname") for m in ipr.link("dump") if m.get("master") == link["index"]]
+
+
+def bridge_mac(name: str) -> str:
+    """A locally administered unicast MAC derived from the bridge's name."""
+    digest = hashlib.sha256(b"nsrun bridge " + name.encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))
 
 
 def _ensure_address(ipr: IPRoute, index: int, address: AnyAddress, prefixlen: int, where: str) -> None:
@@ -153,7 +189,7 @@ def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int) -> None:
 def link_mac(ipr: IPRoute, name: str) -> str:
     link = _link(ipr, name)
     if link is None:
-        raise NsrunError(f"reading the MAC address of {name!r}", "no such interface")
+        raise NsrunError(f"reading the MAC address of {name!r}", "no such interface", "run `nsrun doctor`")
     mac: str = link.get("address")
     return mac.lower()
 

@@ -49,7 +49,9 @@ def set_route_localnet(bridge: str, *, enabled: bool) -> None:
         if path.read_text().strip() != wanted:
             path.write_text(wanted + "\n")
     except OSError as err:
-        raise NsrunError(f"setting route_localnet on {bridge}", err.strerror or str(err)) from err
+        raise NsrunError(
+            f"setting route_localnet on {bridge}", err.strerror or str(err), "run nsrun as root on the host"
+        ) from err
 
 
 def route_localnet(bridge: str) -> bool:
@@ -87,4 +89,6 @@ def disable_router_advertisements(interface: str) -> None:
         if path.exists() and path.read_text().strip() != "0":
             path.write_text("0\n")
     except OSError as err:
-        raise NsrunError(f"setting accept_ra=0 on {interface}", err.strerror or str(err)) from err
+        raise NsrunError(
+            f"setting accept_ra=0 on {interface}", err.strerror or str(err), "run nsrun as root on the host"
+        ) from err

@@ -65,6 +65,13 @@ def networks_lock(dirs: StateDirs) -> contextlib.AbstractContextManager[None]:
     return locked(dirs.lock, "the networks lock")
 
 
+def firewall_lock(dirs: StateDirs) -> contextlib.AbstractContextManager[None]:
+    """Serialises changes of network rules across networks: one network's last teardown deletes
+    nsrun's table, which must not happen between another's check and its repair."""
+    dirs.ensure(dirs.run)
+    return locked(dirs.run / "firewall.lock", "the firewall lock")
+
+
 def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None) -> list[tuple[AnyNetwork, str]]:
     taken: list[tuple[AnyNetwork, str]] = []
     for spec in store.all():
@@ -140,7 +147,7 @@ def create_network(
         with contextlib.ExitStack() as undo:
             store.add(spec)
             undo.callback(store.remove, spec.name)
-            undo.callback(_remove_host_side, ipr, spec)
+            undo.callback(_remove_host_side, dirs, ipr, spec)
             ensure_host_side(dirs, ipr, spec)
             undo.pop_all()
     return spec
@@ -173,10 +180,29 @@ def load_network(
     return spec
 
 
-def ensure_loaded(dirs: StateDirs, spec: NetworkSpec) -> None:
-    """The network still exists as loaded; call under its lease lock, which `remove_network` holds too."""
-    if network_store(dirs).get(spec.name) != spec:
-        raise NotFoundError(f"network {spec.name!r}", "it was removed or changed while the sandbox started", "retry")
+def ensure_loaded(dirs: StateDirs, spec: NetworkSpec, store: LeaseStore | None = None) -> None:
+    """The network still exists as loaded; call under its lease lock, which `remove_network` holds
+    too. If it went, the lease directory this launch made for it goes as well."""
+    if network_store(dirs).get(spec.name) == spec:
+        return
+    if store is not None and not store.leases():
+        files.remove_tree(store.directory)
+    raise NotFoundError(f"network {spec.name!r}", "it was removed or changed while the sandbox started", "retry")
+
+
+def unleased_addresses(spec: NetworkSpec, store: LeaseStore) -> frozenset[ipaddress.IPv4Address]:
+    """Addresses running sandboxes hold although no lease names them (nsrun's state under /run
+    was lost, e.g. `rm -rf /run/nsrun/*`): their bridge-port filters still say which."""
+    leased = {lease.sandbox_id for lease in store.leases()}
+    found = set()
+    for sandbox_id, address in firewall.addresses_in_use().items():
+        if sandbox_id in leased:
+            continue
+        with contextlib.suppress(ValueError):
+            candidate = ipaddress.IPv4Address(address)
+            if candidate in spec.subnet:
+                found.add(candidate)
+    return frozenset(found)
 
 
 def check_subnet_still_free(ipr: IPRoute, spec: NetworkSpec) -> None:
@@ -200,16 +226,28 @@ def _wanted_backend(recorded: str | None) -> str:
     return recorded or resolve_auto()[0]
 
 
-def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[int, NetworkSpec]:
+@dataclasses.dataclass(frozen=True)
+class HostSide:
+    """What `ensure_host_side` found and did."""
+
+    bridge_index: int
+    spec: NetworkSpec
+    repaired: bool  # rules were missing (a flush, a firewall reload): its sandboxes' own need it too
+
+
+def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec, store: LeaseStore | None = None) -> HostSide:
     """Bridge, gateway address, forwarding and firewall rules in place; repairs whatever is missing
     (after a reboot, `nft flush ruleset`, a firewall reload). A network whose rules another
     backend installed is moved to the wanted one, so its record always names where its rules are.
-    Returns the bridge's index and the (possibly updated) network."""
+    With `store` (its lease store, locked by the caller), veths of its running sandboxes are
+    ports of the bridge again if it had to be recreated."""
     check_subnet_still_free(ipr, spec)
     addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = [(spec.gateway, spec.subnet.prefixlen)]
     if spec.subnet6 is not None and spec.gateway6 is not None:
         addresses.append((spec.gateway6, spec.subnet6.prefixlen))
-    index = netlink.ensure_bridge(ipr, spec.bridge, addresses)
+    index, created = netlink.ensure_bridge(ipr, spec.bridge, addresses)
+    if created and store is not None:
+        netlink.ensure_ports(ipr, index, [lease.veth for lease in store.leases() if not _is_stale(lease)])
     if not spec.internal:
         sysctl.ensure_ip_forward(ipv6=spec.subnet6 is not None)
     wanted = _wanted_backend(spec.firewall)
@@ -224,19 +262,21 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> tuple[
         old = spec
         spec = dataclasses.replace(spec, firewall=wanted)
         network_store(dirs).replace(spec)
-        firewall.teardown_network_firewall(old.firewall, old.rules)
-    firewall.ensure_network_firewall(spec.firewall, spec.rules)
+        with firewall_lock(dirs):
+            firewall.teardown_network_firewall(old.firewall, old.rules)
+    with firewall_lock(dirs):
+        repaired = firewall.ensure_network_firewall(spec.firewall, spec.rules)
     # route_localnet lets the host's 127.0.0.1 reach published ports; it is only ever on while
     # the guard that drops loopback destinations not arriving on lo is in place
     sysctl.set_route_localnet(spec.bridge, enabled=not spec.internal and spec.firewall != "none")
-    return index, spec
+    return HostSide(index, spec, repaired or created)
 
 
-def _remove_host_side(ipr: IPRoute, spec: NetworkSpec) -> None:
+def _remove_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> None:
     """Rules, then bridge: each step runs even if the other failed; failures are reported together."""
     failures = []
     steps: list[tuple[str, Callable[[], None]]] = [
-        ("removing its firewall rules", lambda: firewall.teardown_network_firewall(spec.firewall, spec.rules)),
+        ("removing its firewall rules", lambda: _teardown_rules(dirs, spec)),
         (f"deleting bridge {spec.bridge}", lambda: netlink.delete_link(ipr, spec.bridge)),
     ]
     for step, action in steps:
@@ -246,6 +286,11 @@ def _remove_host_side(ipr: IPRoute, spec: NetworkSpec) -> None:
             failures.append(f"{step}: {err}")
     if failures:
         raise NsrunError(f"removing network {spec.name!r}", "; ".join(failures), "run `nsrun doctor`")
+
+
+def _teardown_rules(dirs: StateDirs, spec: NetworkSpec) -> None:
+    with firewall_lock(dirs):
+        firewall.teardown_network_firewall(spec.firewall, spec.rules)
 
 
 def reclaim_lease(ipr: IPRoute, lease: Lease) -> None:
@@ -311,7 +356,7 @@ def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
                     "end them first",
                 )
             store.remove(name)
-            _remove_host_side(ipr, spec)
+            _remove_host_side(dirs, ipr, spec)
             # the directory goes while its lock is held: no launch can be between the two
             files.remove_tree(dirs.leases(name))
             files.remove_tree(dirs.network_run(name))

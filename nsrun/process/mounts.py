@@ -21,7 +21,7 @@ from nsrun.process.plan import Mount, MountKind
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["apply_mounts"]
+__all__ = ["apply_mounts", "root_is_mount_point"]
 
 _PROC_FLAGS: Final = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 # Docker's readonlyPaths and maskedPaths (moby oci/defaults.go)
@@ -147,6 +147,19 @@ def _apply(mount: Mount, sources: dict[str, int]) -> None:
         _bind(sources[mount.source], mount.target, readonly=mount.readonly)
     elif kind is MountKind.TMPFS:
         _tmpfs(mount.target)
+
+
+_MOUNT_POINT_FIELD: Final = 4  # of /proc/self/mountinfo
+
+
+def root_is_mount_point() -> bool:
+    """A chroot's root is usually not a mount point: then a sandbox's mounts cannot be kept from
+    propagating back to the host (its root cannot be made a slave)."""
+    try:
+        with open("/proc/self/mountinfo") as source:
+            return any(line.split()[_MOUNT_POINT_FIELD] == "/" for line in source)
+    except (OSError, IndexError):
+        return True
 
 
 def apply_mounts(mounts: Iterable[Mount]) -> None:

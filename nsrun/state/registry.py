@@ -36,6 +36,7 @@ _SUFFIX: Final = ".json"
 _NETWORK_RE: Final = re.compile(rf"(sandbox:)?{NAME_RE.pattern}|none|host")
 _NS_KINDS: Final = ("net", "uts", "ipc", "pid", "mnt")
 _MAX_FD: Final = 1 << 20
+_MAC_RE: Final = re.compile(r"([0-9a-f]{2}(:[0-9a-f]{2}){5})?")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class SandboxRecord:
     privileged: bool = False
     hostname: str = ""
     cwd: str = "/"
+    mac: str = ""  # of its eth0: what its bridge-port filter admits
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -113,6 +115,7 @@ class SandboxRecord:
             privileged=fields.flag("privileged"),
             hostname=fields.text("hostname", default=""),
             cwd=fields.text("cwd", default="/"),
+            mac=fields.text("mac", _MAC_RE, default=""),
         )
 
 
@@ -213,7 +216,9 @@ class Registry:
             libc.mount(netns_path, str(target), None, libc.MS_BIND)
         except OSError as err:
             files.remove_file(target)
-            raise NsrunError(f"naming the sandbox's namespace {target}", str(err)) from err
+            raise NsrunError(
+                f"naming the sandbox's namespace {target}", err.strerror or str(err), "run `nsrun doctor`"
+            ) from err
 
     def unbind_netns(self, record: SandboxRecord) -> None:
         from nsrun.process import libc

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.world import SYSTEM_PYTHON
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -121,7 +123,7 @@ def test_user_runs_without_root_and_can_serve_low_ports(world: World) -> None:
         "caps = [l for l in open('/proc/self/status') if l.startswith('CapEff')][0].split()[1];"
         "print(os.getuid(), os.getgid(), int(caps, 16), os.environ['HOME'])"
     )
-    result = world.nsrun("--user", "nobody", "--", sys.executable, "-c", script)
+    result = world.nsrun("--user", "nobody", "--", SYSTEM_PYTHON, "-c", script)
     assert result.returncode == 0, result.stderr
     uid, gid, caps, home = result.stdout.split()
     assert uid == "65534"

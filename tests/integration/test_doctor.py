@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.world import World
 
 pytestmark = pytest.mark.privileged
@@ -31,18 +33,31 @@ def test_doctor_passes_on_a_healthy_host(world: World, backend: str) -> None:
     assert "kernel: veth and bridge" in table.stdout
 
 
-def test_doctor_fails_on_ip_forward_off(world: World) -> None:
+def test_doctor_on_ip_forward_off_warns_when_idle_and_fails_under_a_sandbox(world: World, tmp_path: Path) -> None:
     assert world.nsrun("--", "true").returncode == 0
+    assert world.run("sysctl", "-qw", "net.ipv4.ip_forward=0").returncode == 0
+    status, checks = _checks(world)
+    assert status == 0  # as after a reboot: the next launch turns it on
+    assert checks["ip_forward"]["status"] == "warn"
+    ready = tmp_path / "ready"
+    sandbox = world.nsrun_popen(
+        "--", "sh", "-c", f"sysctl -qw net.ipv4.ip_forward=0 2>/dev/null; touch {ready}; sleep 60"
+    )
+    world.wait_for(ready.exists, what="the sandbox")
     assert world.run("sysctl", "-qw", "net.ipv4.ip_forward=0").returncode == 0
     status, checks = _checks(world)
     assert status == 1
     assert checks["ip_forward"]["status"] == "fail"
     assert "sysctl -w net.ipv4.ip_forward=1" in checks["ip_forward"]["fix"]
+    sandbox.terminate()
+    sandbox.wait(timeout=10)
 
 
 @pytest.mark.parametrize("tool", ["iptables-nft", "iptables-legacy"])
-def test_doctor_fails_on_a_foreign_drop_without_nsruns_accepts(world: World, tool: str) -> None:
-    assert world.nsrun("--", "true").returncode == 0
+def test_doctor_fails_on_a_foreign_drop_without_nsruns_accepts(world: World, tool: str, tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    sandbox = world.nsrun_popen("--", "sh", "-c", f"touch {ready}; sleep 60")  # the drop cuts it off
+    world.wait_for(ready.exists, what="the sandbox")
     assert world.run(tool, "-P", "FORWARD", "DROP").returncode == 0  # after nsrun's last launch
     status, checks = _checks(world)
     row = checks.get("foreign DROP (nsrun)")
@@ -57,6 +72,8 @@ def test_doctor_fails_on_a_foreign_drop_without_nsruns_accepts(world: World, too
     assert row["fix"].startswith("nsrun --network nsrun")
     assert world.nsrun("--", "true").returncode == 0  # the fix works
     assert _checks(world)[0] == 0
+    sandbox.terminate()
+    sandbox.wait(timeout=10)
 
 
 def test_doctor_warns_of_an_orphan_veth_and_stale_lease(world: World) -> None:
