@@ -202,9 +202,10 @@ class Sandbox:
             logbook.record(entry)
             self._launch = launch
             self.warnings = list(launch.warnings)
-            fds = [launch.netns_fd] if launch.netns_fd is not None else []
             plan = launch.plan.to_json() if launch.plan is not None else "{}"
-            _send(ours, {"plan": json.loads(plan)}, fds)
+            message = {"plan": json.loads(plan), "netns": launch.netns_fd is not None}
+            _send(ours, message, launch.handoff_fds())  # the shim holds them for the sandbox's life
+            launch.close()
             self._await_start(launch)
         except BaseException:
             self._abort()

@@ -16,16 +16,16 @@ __all__ = ["is_stale", "live_sandboxes", "registry"]
 
 
 def registry(dirs: StateDirs) -> Registry:
-    return Registry(dirs.sandboxes, on_stale=_reclaim, root=dirs.run)
+    return Registry(dirs.sandboxes, on_stale=lambda record: _reclaim(dirs, record), root=dirs.run)
 
 
-def _reclaim(record: SandboxRecord) -> None:
-    """A sandbox whose shim died: its own rules (published ports, bridge-port filter) go before
-    a new sandbox could collide with them."""
-    if record.network not in ("none", "host") and not record.network.startswith("sandbox:"):
-        from nsrun.firewall import host as firewall
+def _reclaim(dirs: StateDirs, record: SandboxRecord) -> None:
+    """A sandbox whose shim died (SIGKILL, OOM) before its teardown: the same teardown now, but
+    for what joined its network namespace (not pinned any more: its inode may have been reused;
+    the lease sweep ends those while the veth proves the namespace alive)."""
+    from nsrun.launch.teardown import teardown_sandbox
 
-        firewall.remove_sandbox_rules(record.sandbox_id)
+    teardown_sandbox(dirs, record, pinned=False)
 
 
 def is_stale(record: SandboxRecord) -> bool:

@@ -84,7 +84,13 @@ class Sandbox:
     rollback_failures: list[str] = field(default_factory=list, init=False)
     plan: ProcessPlan | None = field(default=None, init=False)
     warnings: list[str] = field(default_factory=list, init=False)
+    held: list[socket.socket] = field(default_factory=list, init=False)  # the published host ports
+    # undoes the host side if set-up fails half-way; once it succeeded, the record says what to undo
     _undo: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
+    # resources of set-up only (netlink sockets), closed when it ends
+    _scratch: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
+    # what the shim needs for the sandbox's life (its namespace, the held ports), closed by close()
+    _kept: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, init=False)
     _failures: list[str] = field(default_factory=list, init=False)
 
     @property
@@ -115,12 +121,16 @@ class Sandbox:
         self._failures = []
         try:
             self._setup()
+        except BaseException:
+            self.record = None  # rolled back: nothing of it is left for a teardown
+            raise
         finally:
             self.rollback_failures = list(self._failures)
 
     def _setup(self) -> None:
-        with contextlib.ExitStack() as stack:
-            self._undo = stack
+        with contextlib.ExitStack() as undo, contextlib.ExitStack() as scratch:
+            self._undo, self._scratch = undo, scratch
+            undo.callback(self._kept.close)  # a failed set-up closes what it kept too
             self._register()
             if self.request.net is NetMode.NONE:
                 self._open_netns()
@@ -130,12 +140,33 @@ class Sandbox:
                 self._join_netns()
             binds = self._write_etc_files()
             self.plan = plan_process(self.request, self.hostname, binds)
-            self._undo = stack.pop_all()
+            self._note_addresses()
+            undo.pop_all()  # from here on the record says what to undo
+
+    def _note_addresses(self) -> None:
+        """The record holds the sandbox's addresses and MAC before its command runs: its teardown,
+        whoever does it, releases them even if the command never started."""
+        if self.record is None or not (self.lease or self.mac):
+            return
+        addresses: tuple[str, ...] = (self.lease.address,) if self.lease else ()
+        if self.address6 is not None:
+            addresses += (str(self.address6),)
+        self.record = replace(self.record, addresses=addresses, mac=self.mac or "")
+        self._registry().update(self.record)
 
     def shim_fds(self) -> ShimFds:
         from nsrun.process.shim import ShimFds
 
         return ShimFds(netns=self.netns_fd)
+
+    def handoff_fds(self) -> list[int]:
+        """What a shim in another process must hold for the sandbox's life: its network namespace
+        (first, if it has one) and the published host ports' sockets."""
+        return ([self.netns_fd] if self.netns_fd is not None else []) + [sock.fileno() for sock in self.held]
+
+    def close(self) -> None:
+        """Close this process's copies of what the sandbox kept (once a shim holds its own)."""
+        self._kept.close()
 
     def run(
         self,
@@ -166,8 +197,8 @@ class Sandbox:
             ready_timeout=ready_timeout,
             on_ready=on_ready,
         )
-        # the pinned namespaces close last: whatever joined the sandbox is ended while they hold
-        self._step("closing the sandbox's namespaces", shim.close)
+        # the pinned namespaces close after the teardown: whatever joined the sandbox is ended while they hold
+        self._kept.callback(shim.close)
         outcome = shim.run()
         self.not_ready = shim.not_ready
         return outcome
@@ -176,36 +207,25 @@ class Sandbox:
         """The command runs: record where its namespaces are pinned and give its netns its name."""
         if self.record is None:
             raise RuntimeError("started() before setup()")
-        # the fds are the shim's (this process, or the library's subprocess): read them through /proc
+        # the fds are the shim's (this process, or another one): read them through /proc
         holder = self.holder.pid
         pinned = {kind: (fd, os.stat(f"/proc/{holder}/fd/{fd}").st_ino) for kind, fd in started.namespace_fds.items()}
-        addresses: tuple[str, ...] = (self.lease.address,) if self.lease else ()
-        if self.address6 is not None:
-            addresses += (str(self.address6),)
-        self.record = replace(
-            self.record,
-            init_pid=started.init_pid,
-            child_pid=started.command_pid,
-            addresses=addresses,
-            namespaces=pinned,
-            mac=self.mac or "",
-        )
+        self.record = replace(self.record, init_pid=started.init_pid, child_pid=started.command_pid, namespaces=pinned)
         reg = self._registry()
         reg.update(self.record)
         if self.record.netns_name and "net" in started.namespace_fds:
-            from nsrun.process import liveness
-
-            # what joined through `ip netns exec` ends with the sandbox, while the netns is pinned
-            self._step("ending what joined the sandbox", liveness.kill_netns_members, pinned["net"][1])
-            reg.bind_netns(self.record, f"/proc/{self.holder.pid}/fd/{started.namespace_fds['net']}")
-            self._step(f"removing /run/netns/{self.record.netns_name}", reg.unbind_netns, self.record)
+            reg.bind_netns(self.record, f"/proc/{holder}/fd/{started.namespace_fds['net']}")
 
     def teardown(self) -> None:
-        """Undo every setup step, newest first; raise TeardownError listing what failed."""
-        self._failures = []
-        self._undo.close()
-        if self._failures:
-            raise TeardownError(self._failures)
+        """Undo what the sandbox's record says was made, then close what this process kept;
+        raise TeardownError listing what failed (every step still ran)."""
+        from nsrun.launch.teardown import teardown_sandbox
+
+        failures = teardown_sandbox(self.dirs, self.record, pinned=True) if self.record is not None else []
+        self.record = None
+        self.close()
+        if failures:
+            raise TeardownError(failures)
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -272,9 +292,9 @@ class Sandbox:
             raise
         record = self.record
         self._step("removing the sandbox's record", reg.remove, record)
-        # closed before the record goes, so a port is never both unlisted and still held
-        for sock in held:
-            self._step("releasing a published host port", sock.close)
+        self.held = held
+        for sock in held:  # held for the sandbox's whole life
+            self._kept.callback(sock.close)
 
     def _network_label(self) -> str:
         if self.request.net is NetMode.BRIDGE:
@@ -344,15 +364,15 @@ class Sandbox:
         target = self._registry().find(self.request.join, is_stale)
         fd = open_pinned(target, "net")
         self.netns_fd = fd
-        self._step("closing the joined namespace", os.close, fd)
+        self._kept.callback(os.close, fd)
 
     def _open_netns(self) -> Any:
         from nsrun.net import netlink, sysctl  # pyroute2 is slow to import; --net host never needs it
 
         fd, inner = netlink.open_in_new_netns(inside=sysctl.prepare_sandbox_netns)
         self.netns_fd = fd
-        self._step("closing the sandbox namespace", os.close, fd)
-        self._step("closing the sandbox netlink socket", inner.close)
+        self._kept.callback(os.close, fd)
+        self._scratch.callback(inner.close)
         netlink.loopback_up(inner)
         return inner
 
@@ -364,7 +384,7 @@ class Sandbox:
         from nsrun.networks import manager
 
         host = netlink.IPRoute()
-        self._step("closing the host netlink socket", host.close)
+        self._scratch.callback(host.close)
         network = manager.load_network(self.dirs, host, self.request.network, check=self._check_address)
         self.network = network
         inner = self._open_netns()

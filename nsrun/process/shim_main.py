@@ -2,7 +2,8 @@
 (a test suite, a long-lived service) starts it with `python -I -S` and drives it over a socket.
 
 Protocol (SOCK_SEQPACKET, one JSON object per message, descriptors beside it):
-  caller -> shim   {"plan": ..., "join": [kinds]} with the netns fd (or the joined namespaces' fds)
+  caller -> shim   {"plan": ..., "netns": bool, "join": [kinds]} with the netns fd (if "netns"), the
+                   published ports' sockets (held for the sandbox's life), or the joined namespaces' fds
   shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}}
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
@@ -64,8 +65,8 @@ def main() -> NoReturn:
     shim_fds = ShimFds(control=sock.fileno())
     if join:
         shim_fds.join = dict(zip(join, fds, strict=True))
-    elif fds:
-        shim_fds.netns = fds[0]
+    elif fds and request.get("netns"):
+        shim_fds.netns = fds[0]  # the rest are the published ports' sockets: held, never used
 
     def started(info: Started) -> None:
         event = {"init_pid": info.init_pid, "command_pid": info.command_pid, "namespaces": info.namespace_fds}

@@ -270,9 +270,10 @@ class Registry:
                 continue
             if is_stale(item):
                 if self.on_stale is not None:
-                    self.on_stale(item)
-                self.unbind_netns(item)
-                self.remove(item)
+                    self.on_stale(item)  # removes the record with the rest
+                else:
+                    self.unbind_netns(item)
+                    self.remove(item)
             else:
                 live.append(item)
         return live
