@@ -9,8 +9,6 @@ processes (`nsrun.process`) start without the libraries the host side needs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 __version__ = "0.2.0"
 __all__ = [
     "ConflictError",
@@ -24,7 +22,10 @@ __all__ = [
     "__version__",
 ]
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
+    from typing import Any
+
     from nsrun.api.network import Network
     from nsrun.api.sandbox import Sandbox, SandboxExitedError, SandboxTimeoutError
     from nsrun.errors import ConflictError, NotFoundError, NsrunError, UsageError

@@ -2,6 +2,7 @@
 # Installs nsrun on a Debian 12 (or newer) machine, as root:
 #   scripts/setup.sh                 system packages, then nsrun in a venv at /opt/nsrun, linked as /usr/local/bin/nsrun
 #   scripts/setup.sh --system        system packages only (what the test suite needs from apt)
+#   scripts/setup.sh --bench         what scripts/bench compares nsrun with (CNI plugins, netavark, iperf3, matplotlib)
 #   scripts/setup.sh --link VENV     make Debian's libseccomp binding importable in VENV
 #   scripts/setup.sh --help          this text
 # Debian's python3 refuses system-wide pip installs (PEP 668), so nsrun lives in its own venv and only
@@ -17,9 +18,11 @@ prefix=${NSRUN_PREFIX:-/opt/nsrun}
 # that `nsrun doctor` and users read rules with); python3-seccomp: libseccomp's own Python binding, which
 # builds the sandbox's seccomp filter (not on PyPI; linked into the venv).
 packages=(python3 python3-venv python3-dev gcc iproute2 iptables nftables libnftables1 python3-seccomp util-linux procps)
+# the benchmark's peers (the CNI bridge plugin, Podman's netavark), its TCP meter and its chart
+bench_packages=(containernetworking-plugins netavark iperf3 python3-matplotlib)
 
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 require_root() {
@@ -31,7 +34,7 @@ require_root() {
 
 install_system_packages() {
   local missing=()
-  for p in "${packages[@]}"; do
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if ((${#missing[@]})); then
@@ -57,14 +60,33 @@ install_nsrun() {
   "$prefix/bin/pip" install -q --disable-pip-version-check wheel
   "$prefix/bin/pip" install -q --disable-pip-version-check "$here"
   link_system_modules "$prefix"
-  ln -sf "$prefix/bin/nsrun" /usr/local/bin/nsrun
+  write_launcher "$prefix"
+  ln -sf "$prefix/bin/nsrun-launcher" /usr/local/bin/nsrun
   echo "setup.sh: nsrun installed in $prefix, linked as /usr/local/bin/nsrun"
+}
+
+# The command users run starts lean: pip's console script starts Python with its site machinery
+# (every .pth file of the venv), about 15 ms before nsrun's first line. `-IS` skips that (and
+# ignores PYTHON* variables and the user's site); the venv's packages are put on the path by hand.
+write_launcher() {
+  local venv=$1 site
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  cat >"$venv/bin/nsrun-launcher" <<LAUNCHER
+#!$venv/bin/python3 -IS
+# nsrun, started without Python's site machinery (written by nsrun's scripts/setup.sh)
+import sys
+sys.path[:0] = ["$site"]
+from nsrun.cli.entry import main
+main()
+LAUNCHER
+  chmod 755 "$venv/bin/nsrun-launcher"
 }
 
 case ${1:-} in
   -h | --help) usage ;;
-  --system) require_root && install_system_packages ;;
+  --system) require_root && install_system_packages "${packages[@]}" ;;
+  --bench) require_root && install_system_packages "${bench_packages[@]}" ;;
   --link) link_system_modules "${2:?usage: setup.sh --link VENV}" ;;
-  "") require_root && install_system_packages && install_nsrun ;;
+  "") require_root && install_system_packages "${packages[@]}" && install_nsrun ;;
   *) usage >&2 && exit 2 ;;
 esac

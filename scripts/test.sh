@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as root: lint, types, unit tests, and the integration tests, which build
 # their own "host" in fresh network and mount namespaces (tests/world.sh) and never touch this
-# machine's network, firewall or nsrun state. Extra arguments go to pytest.
+# machine's network, firewall or nsrun state. Extra arguments go to pytest (and then only that
+# one pass runs).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$here"
@@ -22,4 +23,10 @@ fi
 "$venv/bin/ruff" check nsrun tests scripts
 "$venv/bin/ruff" format --check nsrun tests scripts
 "$venv/bin/mypy"
-"$venv/bin/python" -m pytest "$@"
+# two workers: each integration test builds its own world, so they run side by side
+"$venv/bin/python" -m pytest -n 2 "$@"
+if [[ $# -eq 0 ]]; then
+  # every integration test once more without the warm helper: the in-process path nsrun falls
+  # back to (helper absent, broken, of another version) must stay as good
+  NSRUN_HELPER=off "$venv/bin/python" -m pytest -n 2 -q tests/integration --ignore tests/integration/test_helper.py
+fi

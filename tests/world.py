@@ -141,6 +141,21 @@ class World:
                 found.append(int(entry))
         return found
 
+    def own_pids(self, marker: str) -> list[int]:
+        """Like pids_running, but only processes in this world's own network namespace (its
+        helper, its nsrun clients), not other tests' worlds'."""
+        world_ns = os.stat(f"/proc/{self.pid}/ns/net").st_ino
+        found = []
+        for pid in self.pids_running(marker):
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{pid}/ns/net").st_ino == world_ns:
+                    found.append(pid)
+        return found
+
+    def helper_running(self) -> bool:
+        """Whether the world's warm helper listens (it starts after the first launch)."""
+        return self.run("test", "-S", "/run/nsrun/helper.sock").returncode == 0
+
     def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -16,7 +16,6 @@ NsrunError subclasses, warnings are in `warnings`. The command's output goes to 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -43,7 +42,6 @@ __all__ = ["Sandbox", "SandboxExitedError", "SandboxTimeoutError"]
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
 _POLL: Final = 0.02
 _START_TIMEOUT: Final = 60.0
-_MAX_MESSAGE: Final = 1 << 20
 _LOG_TAIL: Final = 2000
 
 
@@ -79,17 +77,21 @@ def _shim_command(control: int) -> list[str]:
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    payload = json.dumps(message).encode()
-    socket.send_fds(sock, [payload], fds or [])
+    from nsrun.process import wire
+
+    wire.send(sock, message, fds)
 
 
 def _receive(sock: socket.socket, timeout: float | None = None) -> dict[str, Any] | None:
+    from nsrun.process import wire
+
     sock.settimeout(timeout)
     try:
-        payload = sock.recv(_MAX_MESSAGE)
-    except (TimeoutError, OSError):
+        message, fds = wire.receive(sock, 0)
+    except (TimeoutError, OSError, wire.WireError):
         return None
-    return json.loads(payload) if payload else None
+    wire.close_fds(fds)
+    return message
 
 
 class Sandbox:
@@ -202,8 +204,8 @@ class Sandbox:
             logbook.record(entry)
             self._launch = launch
             self.warnings = list(launch.warnings)
-            plan = launch.plan.to_json() if launch.plan is not None else "{}"
-            message = {"plan": json.loads(plan), "netns": launch.netns_fd is not None}
+            plan = launch.plan.to_dict() if launch.plan is not None else {}
+            message = {"plan": plan, "netns": launch.netns_fd is not None}
             _send(ours, message, launch.handoff_fds())  # the shim holds them for the sandbox's life
             launch.close()
             self._await_start(launch)
@@ -269,7 +271,7 @@ class Sandbox:
         failures = []
         if launch is not None:
             try:
-                launch.teardown()
+                launch.teardown(self._release_shim)
             except NsrunError as err:
                 failures.append(str(err))
         self._control_done()
@@ -294,6 +296,12 @@ class Sandbox:
 
         with contextlib.suppress(NsrunError):
             LogBook(self._dirs).ended(sandbox_id, 128 - returncode if returncode < 0 else returncode)
+
+    def _release_shim(self) -> None:
+        """Half-way through the teardown: the shim closes the namespaces it pins."""
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                _send(self._control, {"op": "release"})
 
     def _control_done(self) -> None:
         if self._control is not None:
@@ -472,7 +480,7 @@ class Sandbox:
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,
             )
-            _send(ours, {"plan": json.loads(plan.to_json()), "join": list(kinds)}, fds)
+            _send(ours, {"plan": plan.to_dict(), "join": list(kinds)}, fds)
         finally:
             theirs.close()
             for fd in fds:

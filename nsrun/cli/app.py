@@ -6,10 +6,12 @@ with the typer application of `common`.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import TYPE_CHECKING
 
 import typer
+from typer import _click as click
 
 from nsrun.cli import host, networks, run, sandboxes
 from nsrun.cli.common import app, print_error, state
@@ -18,18 +20,28 @@ from nsrun.errors import EXIT_NSRUN_FAILED, EXIT_USAGE, NsrunError, UsageError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["app", "run_cli"]
+__all__ = ["app", "run_cli", "warm_up"]
 
 _COMMAND_MODULES = (host, networks, run, sandboxes)
 
 
+@functools.cache
+def _command() -> click.Command:
+    """The click command typer builds from `app`: built once per process (it takes a while)."""
+    return typer.main.get_command(app)
+
+
+def warm_up() -> None:
+    """Build the command line and parse a launch once (typer builds its converters on first use),
+    without running anything: for a process that serves many command lines."""
+    _command().make_context("nsrun", ["--net", "none", "-p", "8000", "-e", "A=b", "--", "true"])
+
+
 def run_cli(argv: Sequence[str]) -> int:
     """Parse and run one command line; its exit status (errors printed as one line)."""
-    from typer import _click as click
-
     state["debug"] = os.environ.get("NSRUN_DEBUG", "") not in ("", "0")
     try:
-        status = app(args=list(argv), prog_name="nsrun", standalone_mode=False)
+        status = _command().main(args=list(argv), prog_name="nsrun", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as err:
         typer.echo(err.ctx.get_help() if err.ctx else "", err=True)
         status = EXIT_USAGE

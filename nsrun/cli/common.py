@@ -29,9 +29,11 @@ found; 126 command not executable; 125 nsrun itself failed; 2 usage error.
 Every error is one line on stderr; --debug or NSRUN_DEBUG=1 adds the traceback.
 Environment: NSRUN_DEBUG=1 (tracebacks); NSRUN_FIREWALL=auto|iptables|nftables|none
 (firewall backend; auto picks per host, `nsrun doctor` says which and why); NSRUN_LOCK_TIMEOUT
-(seconds to wait for a lock, 30).
+(seconds to wait for a lock, 30); NSRUN_HELPER=off (no warm helper: every command in its own
+process); NSRUN_HELPER_IDLE (seconds the helper waits for work before it exits, 120).
 \b
-State: /run/nsrun (leases, live sandboxes), /var/lib/nsrun (networks, logs).
+State: /run/nsrun (leases, live sandboxes, the warm helper's socket), /var/lib/nsrun (networks,
+logs).
 """
 # what other tools call these: `nsrun ps` is much likelier a typo than a program in a sandbox
 _FAMILIAR: Final = {

@@ -5,40 +5,43 @@ signal, as a shell expects) or, once the command runs, forwarded to it; never a 
 from __future__ import annotations
 
 import os
-import resource
-import signal
 import sys
-from typing import Final, NoReturn
+
+from nsrun.process import signals
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
+if TYPE_CHECKING:
+    from typing import Final, NoReturn
 
 __all__ = ["Interrupted", "checkpoint", "die_by", "main", "pending_signal"]
 
 # every signal whose default action would end nsrun without its teardown
 HELD_SIGNALS: Final = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGALRM,
-    signal.SIGVTALRM,
-    signal.SIGPROF,
-    signal.SIGXCPU,
-    signal.SIGXFSZ,
-    signal.SIGPWR,
+    signals.SIGINT,
+    signals.SIGTERM,
+    signals.SIGHUP,
+    signals.SIGQUIT,
+    signals.SIGUSR1,
+    signals.SIGUSR2,
+    signals.SIGALRM,
+    signals.SIGVTALRM,
+    signals.SIGPROF,
+    signals.SIGXCPU,
+    signals.SIGXFSZ,
+    signals.SIGPWR,
 )
 _DUMPS_CORE: Final = frozenset(
     {
-        signal.SIGQUIT,
-        signal.SIGXCPU,
-        signal.SIGXFSZ,
-        signal.SIGABRT,
-        signal.SIGSEGV,
-        signal.SIGBUS,
-        signal.SIGFPE,
-        signal.SIGILL,
-        signal.SIGTRAP,
-        signal.SIGSYS,
+        signals.SIGQUIT,
+        signals.SIGXCPU,
+        signals.SIGXFSZ,
+        signals.SIGABRT,
+        signals.SIGSEGV,
+        signals.SIGBUS,
+        signals.SIGFPE,
+        signals.SIGILL,
+        signals.SIGTRAP,
+        signals.SIGSYS,
     }
 )
 _pending: list[int] = []
@@ -60,6 +63,13 @@ def pending_signal() -> int | None:
     return _pending[0] if _pending else None
 
 
+def take_pending() -> list[int]:
+    """Signals held so far, handed on (to a shim that forwards them); no longer held here."""
+    taken = list(_pending)
+    _pending.clear()
+    return taken
+
+
 def checkpoint() -> None:
     """Raise Interrupted if a signal arrived; call where an abort leaves nothing inconsistent."""
     if _pending:
@@ -71,27 +81,48 @@ def die_by(signum: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     if signum in _DUMPS_CORE:
+        import resource
+
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the command's crash, not nsrun's
-    if signum not in (signal.SIGKILL, signal.SIGSTOP):  # neither can be caught nor blocked
-        signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    if signum not in (signals.SIGKILL, signals.SIGSTOP):  # neither can be caught nor blocked
+        signals.signal(signum, signals.SIG_DFL)
+        signals.pthread_sigmask(signals.SIG_UNBLOCK, {signum})
     os.kill(os.getpid(), signum)
     os._exit(128 + signum)  # a signal whose default action is not to terminate
 
 
 def hold_signals() -> None:
     for sig in HELD_SIGNALS:
-        signal.signal(sig, _hold)
+        signals.signal(sig, _hold)
 
 
 # the entry point's module: held from the moment it is imported, before typer and the rest load
 hold_signals()
 
 
-def main() -> NoReturn:
-    from nsrun.cli.app import run_cli
+def _through_helper(argv: list[str]) -> int | None:
+    """Root's command lines go to the warm helper (it has nsrun's libraries loaded); None: run it
+    here, because the helper is off, not running yet, or not usable by this process."""
+    if os.geteuid() != 0:
+        return None
+    from nsrun.helper.client import Unavailable, helper_wanted, run_through_helper
 
-    status = run_cli(sys.argv[1:])
+    if not helper_wanted():
+        return None
+    try:
+        return run_through_helper(argv)
+    except Unavailable:
+        return None
+
+
+def main() -> NoReturn:
+    argv = sys.argv[1:]
+
+    status = _through_helper(argv)
+    if status is None:
+        from nsrun.cli.app import run_cli
+
+        status = run_cli(argv)
     if (signum := pending_signal()) is not None:
         die_by(signum)
     sys.exit(status)

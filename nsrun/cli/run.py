@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
 import time
@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
-from nsrun.cli.common import ARGV_KEY, app, print_error, require_root, state
-from nsrun.errors import EXIT_NSRUN_FAILED, NsrunError, UsageError
+from nsrun.cli.common import ARGV_KEY, app, require_root, state
+from nsrun.errors import EXIT_NSRUN_FAILED, NsrunError, TeardownError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nsrun.launch.request import SandboxRequest
-    from nsrun.process.shim import Outcome
 
 __all__ = ["launch"]
 
-_LOG_TAIL_LINES: Final = 20
 _MAX_PORT: Final = 65535
 
 
@@ -226,7 +226,18 @@ def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
         tty=not detach and not no_tty and is_terminal(0) and is_terminal(1),
     )
     readiness = (wait_port, wait_timeout) if wait_port is not None else None
-    raise typer.Exit(_detached(request, readiness) if detach else _foreground(request, readiness, None))
+    raise typer.Exit(_launch(request, readiness, detach=detach))
+
+
+# The warm helper's worker sets this: it does the set-up, and the client runs the shim.
+LAUNCHER: Any = None
+
+
+def _launch(request: SandboxRequest, readiness: tuple[int, float] | None, *, detach: bool) -> int:
+    if LAUNCHER is not None:
+        status: int = LAUNCHER(request, readiness, detach)
+        return status
+    return _detached(request, readiness) if detach else _foreground(request, readiness, None)
 
 
 def _detached(request: SandboxRequest, readiness: tuple[int, float] | None) -> int:
@@ -242,160 +253,83 @@ def _detached(request: SandboxRequest, readiness: tuple[int, float] | None) -> i
         finally:
             os._exit(status)
     os.close(report_write)
-    with os.fdopen(report_read, "rb") as reader:
-        raw = reader.read()
-    report: dict[str, Any] = json.loads(raw) if raw else {}
-    if "name" in report:
-        typer.echo(report["name"])
-        return 0
-    print(f"nsrun: {report.get('error', 'the sandbox ended before its command started')}", file=sys.stderr)
-    if report.get("log"):
-        print(report["log"], end="" if report["log"].endswith("\n") else "\n", file=sys.stderr)
-    return int(report.get("code", EXIT_NSRUN_FAILED))
+    from nsrun.cli.drive import await_report
+
+    return await_report(report_read)
 
 
-class _Reporter:
-    """The answer a detached sandbox owes the nsrun that waits for it: said once, then closed."""
+class LocalController:
+    """The sandbox was set up in this process: record its start, then tear it down here."""
 
-    def __init__(self, fd: int | None) -> None:
-        self._fd = fd
+    def __init__(self, sandbox: Any, logbook: Any, entry: Any) -> None:
+        self.sandbox = sandbox
+        self.logbook = logbook
+        self.entry = entry
+        self.ran = False
 
-    def send(self, report: dict[str, Any]) -> None:
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
+    def started(self, info: Any) -> None:
+        self.ran = True
+        self.sandbox.started(info)
+
+    def ended(self, status: int, release: Callable[[], None]) -> list[str]:
+        failures: list[str] = []
         try:
-            os.write(fd, json.dumps(report).encode())
-        except OSError:
-            pass  # the caller is gone: it did not wait for the answer
-        finally:
-            os.close(fd)
-
-
-def _log_tail(path: Any) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines(keepends=True)
-    except (OSError, AttributeError):
-        return ""
-    return "".join(lines[-_LOG_TAIL_LINES:])
+            self.sandbox.teardown(release)
+        except TeardownError as err:
+            failures = list(err.failures)
+        if self.entry is not None:
+            try:
+                if self.ran:
+                    self.logbook.ended(self.sandbox.sandbox_id, status)
+                else:
+                    self.logbook.remove(self.sandbox.sandbox_id)  # interrupted before it ran: nothing kept
+            except NsrunError as err:
+                failures.append(str(err))
+        return failures
 
 
 def _foreground(request: SandboxRequest, readiness: tuple[int, float] | None, report: int | None) -> int:
     """Set up, run the shim in this process, tear down; the command's status (or death by its
     signal). With `report`, a detached sandbox: its output goes to its log, and the waiting
     caller hears once it runs (or why it did not)."""
-    return _Run(request, readiness, _Reporter(report), detached=report is not None).execute()
+    from nsrun.cli.drive import Launch, Reporter, drive, redirect_output
+    from nsrun.cli.entry import Interrupted, checkpoint, die_by
+    from nsrun.launch.sandbox import Sandbox
+    from nsrun.state.logbook import LogBook, LogEntry
+
+    sandbox = Sandbox(request, checkpoint=checkpoint)
+    logbook = LogBook(sandbox.dirs)
+    reporter = Reporter(report)
+    log = str(logbook.log_path(sandbox.sandbox_id)) if report is not None else None
+    # kept after the end for `nsrun wait` and `nsrun logs`: sandboxes one can name afterwards
+    entry = None
+    if report is not None or request.name is not None:
+        entry = LogEntry(sandbox.sandbox_id, sandbox.name, request.argv, time.time(), logged=report is not None)
+    try:
+        if log is not None:
+            redirect_output(logbook.open_log(sandbox.sandbox_id))
+        sandbox.setup()  # undoes itself if interrupted or failed
+        if entry is not None:
+            logbook.record(entry)
+        from nsrun.helper.client import start_helper
+
+        start_helper()  # the launches that come next go through it
+    except Interrupted as interrupt:
+        _remove_log(logbook, sandbox, log)
+        die_by(interrupt.signum)
+    except NsrunError as err:
+        _remove_log(logbook, sandbox, log)
+        reporter.send({"error": str(err), "code": err.exit_code})
+        for failure in sandbox.rollback_failures:
+            print(f"nsrun: warning: undoing the set-up: {failure} (run `nsrun doctor`)", file=sys.stderr)
+        raise
+    if sandbox.plan is None:
+        raise NsrunError("starting the sandbox", "its set-up made no process plan", "report it: this is a bug")
+    launch = Launch(sandbox.plan, sandbox.shim_fds(), sandbox.name, readiness, log, list(sandbox.warnings))
+    return drive(launch, LocalController(sandbox, logbook, entry), reporter)
 
 
-class _Run:
-    def __init__(
-        self, request: SandboxRequest, readiness: tuple[int, float] | None, reporter: _Reporter, *, detached: bool
-    ) -> None:
-        from nsrun.cli.entry import checkpoint
-        from nsrun.launch.sandbox import Sandbox
-        from nsrun.state.logbook import LogBook, LogEntry
-
-        self.sandbox = Sandbox(request, checkpoint=checkpoint)
-        self.logbook = LogBook(self.sandbox.dirs)
-        self.readiness = readiness
-        self.reporter = reporter
-        self.log = self.logbook.log_path(self.sandbox.sandbox_id) if detached else None
-        # kept after the end for `nsrun wait` and `nsrun logs`: sandboxes one can name afterwards
-        self.entry = None
-        if detached or request.name is not None:
-            self.entry = LogEntry(
-                self.sandbox.sandbox_id, self.sandbox.name, request.argv, time.time(), logged=detached
-            )
-
-    def execute(self) -> int:
-        from nsrun.cli.entry import Interrupted, die_by
-
-        try:
-            outcome = self._start_and_wait()
-        except Interrupted as interrupt:
-            self._finish(128 + interrupt.signum)
-            die_by(interrupt.signum)
-        except NsrunError as err:
-            self._finish(err.exit_code)
-            self.reporter.send({"error": str(err), "code": err.exit_code})
-            for failure in self.sandbox.rollback_failures:
-                print(f"nsrun: warning: undoing the set-up: {failure} (run `nsrun doctor`)", file=sys.stderr)
-            raise
-        except BaseException:
-            self._finish(EXIT_NSRUN_FAILED)
-            raise
-        self._finish(outcome.exit_code)
-        return self._conclude(outcome)
-
-    def _start_and_wait(self) -> Outcome:
-        from nsrun.cli.entry import checkpoint
-        from nsrun.process.readiness import listening
-
-        sandbox = self.sandbox
-        if self.log is not None:
-            _redirect_output(self.logbook.open_log(sandbox.sandbox_id))
-        try:
-            sandbox.setup()  # undoes itself if interrupted
-        except BaseException:
-            if self.log is not None:
-                self.logbook.remove(sandbox.sandbox_id)  # the caller hears why; nothing stays
-            raise
-        if self.entry is not None:
-            self.logbook.record(self.entry)
-        for warning in sandbox.warnings:
-            print(f"nsrun: warning: {warning}", file=sys.stderr)
-        checkpoint()
-        port = self.readiness[0] if self.readiness else None
-
-        def announce() -> None:
-            self.reporter.send({"name": sandbox.name})
-
-        return sandbox.run(
-            ready=(lambda init: listening(init, port)) if port is not None else None,
-            ready_timeout=self.readiness[1] if self.readiness else 0.0,
-            on_ready=announce if port is not None else None,
-            on_started=None if port is not None else announce,
-        )
-
-    def _conclude(self, outcome: Outcome) -> int:
-        from nsrun.cli.entry import die_by
-
-        failure, code = outcome.failure, outcome.exit_code
-        if self.sandbox.not_ready and self.readiness is not None:
-            port, timeout = self.readiness
-            failure = (
-                f"sandbox {self.sandbox.name!r}: port {port} did not listen within {timeout:g}s, so it was stopped"
-            )
-            code = EXIT_NSRUN_FAILED
-        if failure is not None:
-            self.reporter.send({"error": failure, "code": code, "log": _log_tail(self.log)})
-            print(f"nsrun: {failure}", file=sys.stderr)
-            return code
-        self.reporter.send({"error": "the command ended before it was ready", "code": code})
-        if (signum := outcome.signal) is not None:
-            die_by(signum)
-        return code
-
-    def _finish(self, status: int) -> None:
-        try:
-            self.sandbox.teardown()
-        except NsrunError as err:  # the command's status wins; say what was left behind
-            print_error(err, prefix="warning: ")
-        if self.entry is None:
-            return
-        try:
-            self.logbook.ended(self.sandbox.sandbox_id, status)
-        except NsrunError as err:
-            print_error(err, prefix="warning: ")
-
-
-def _redirect_output(log_fd: int) -> None:
-    """A detached sandbox: no terminal, output (the command's and nsrun's own) to the log."""
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
+def _remove_log(logbook: Any, sandbox: Any, log: str | None) -> None:
+    if log is not None:
+        with contextlib.suppress(NsrunError):
+            logbook.remove(sandbox.sandbox_id)  # the caller hears why; nothing stays

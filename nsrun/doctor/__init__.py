@@ -65,6 +65,7 @@ def run_checks(dirs: StateDirs) -> list[Check]:
         ("firewall backend", lambda: [host.backend()]),
         ("foreign DROP policies", lambda: [host.foreign_drops()]),
         ("firewall managers", host.firewall_managers),
+        ("warm helper", lambda: [host.helper(dirs.run)]),
     ):
         checks += _guarded(name, check)
     ipr = None

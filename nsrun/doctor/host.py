@@ -21,6 +21,7 @@ __all__ = [
     "chroot",
     "firewall_managers",
     "foreign_drops",
+    "helper",
     "ip_forward",
     "kernel_firewalls",
     "kernel_links",
@@ -31,6 +32,7 @@ _CAP_SYS_ADMIN: Final = 21
 _CAP_NET_ADMIN: Final = 12
 _UFW_CONF: Final = Path("/etc/ufw/ufw.conf")
 _FIREWALLD_PID: Final = Path("/run/firewalld/firewalld.pid")
+_HELPER_FAILURE_KEPT: Final = 24 * 3600.0  # a failure of the helper is shown this long
 
 
 def privileges() -> Check:
@@ -203,3 +205,34 @@ def firewall_managers() -> list[Check]:
     if not checks:
         checks.append(Check("firewall managers", Status.OK, "neither firewalld nor ufw is active"))
     return checks
+
+
+def helper(run_dir: Path) -> Check:
+    """The warm helper: running or not (both fine), and whether it failed lately."""
+    import socket
+    import struct
+    import time
+
+    from nsrun.helper.client import helper_wanted
+    from nsrun.helper.protocol import LOG_NAME, SOCKET_NAME
+
+    if not helper_wanted():
+        return Check("warm helper", Status.OK, "off (NSRUN_HELPER=off): every command runs in its own process")
+    log = run_dir / LOG_NAME
+    with contextlib.suppress(OSError):
+        age = time.time() - log.stat().st_mtime
+        last = log.read_text(errors="replace").strip().splitlines()[-1:]
+        if age < _HELPER_FAILURE_KEPT:
+            return Check(
+                "warm helper",
+                Status.WARN,
+                f"it failed {age / 60:.0f} min ago: {last[0] if last else 'see the log'}",
+                f"see {log}; launches run in-process meanwhile (NSRUN_HELPER=off to do without it)",
+            )
+    pid = None
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.connect(str(run_dir / SOCKET_NAME))
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    if pid is None:
+        return Check("warm helper", Status.OK, "not running: the next launch starts it, and it exits when idle")
+    return Check("warm helper", Status.OK, f"pid {pid} sets launches up; it exits after a while without any")

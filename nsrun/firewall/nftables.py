@@ -10,7 +10,9 @@ Every rule carries the comment `nsrun:NAME`. Each change is one atomic transacti
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -54,7 +56,15 @@ _CT_STATUSES: Final = frozenset({"DNAT", "SNAT"})
 _T: Final = {"family": FAMILY, "table": TABLE}
 
 
+# One libnftables context per thread and process: making one and, above all, freeing it (its
+# ruleset cache) costs milliseconds, and a context must not be shared (its netlink socket).
+_contexts = threading.local()
+
+
 def open_nftables() -> Any:
+    cached = getattr(_contexts, "nft", None)
+    if cached is not None and cached[0] == os.getpid():
+        return cached[1]
     try:
         import nftables
 
@@ -65,6 +75,7 @@ def open_nftables() -> Any:
         ) from err
     nft.set_json_output(True)
     nft.set_handle_output(True)
+    _contexts.nft = (os.getpid(), nft)
     return nft
 
 

@@ -10,7 +10,7 @@ from typing import Final
 
 from nsrun.errors import NsrunError, UsageError
 
-__all__ = ["ENV_FIREWALL", "HostFirewall", "choose", "probe", "requested_backend", "resolve_auto"]
+__all__ = ["ENV_FIREWALL", "HostFirewall", "choose", "preload", "probe", "requested_backend", "resolve_auto"]
 
 ENV_FIREWALL: Final = "NSRUN_FIREWALL"
 CHOICES: Final = ("auto", "iptables", "nftables", "none")
@@ -76,3 +76,13 @@ def probe() -> HostFirewall:
 
 def resolve_auto() -> tuple[str, str]:
     return choose(probe())
+
+
+def preload() -> None:
+    """Import both backends' libraries now (a long-lived process that serves many launches);
+    one that cannot load is skipped: using it later reports why."""
+    import importlib
+
+    for module in ("nsrun.firewall.nftables", "nsrun.firewall.iptables"):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)

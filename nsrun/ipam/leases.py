@@ -29,6 +29,9 @@ __all__ = ["Lease", "LeaseStore"]
 
 _LAST_RESERVED: Final = "last_reserved"
 _LOCK: Final = "lock"
+# written once a launch found no running sandbox of the network without its lease; gone with the
+# directory (`rm -rf /run/nsrun/*`), which is when running sandboxes' addresses must be looked for
+_INTACT: Final = "intact"
 _VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
 _ADDRESS_RE: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _HOSTNAME_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,63})?")
@@ -130,7 +133,7 @@ class LeaseStore:
             return []
         found: list[Lease | CorruptStateError] = []
         for name in sorted(os.listdir(self.directory)):
-            if name in (_LOCK, _LAST_RESERVED) or files.is_partial(name):
+            if name in (_LOCK, _LAST_RESERVED, _INTACT) or files.is_partial(name):
                 continue
             try:
                 lease = self._read(self.directory / name)
@@ -142,6 +145,13 @@ class LeaseStore:
             if lease is not None:
                 found.append(lease)
         return found
+
+    def intact(self) -> bool:
+        """Every running sandbox of the network has its lease here, as far as nsrun knows."""
+        return os.path.exists(self.directory / _INTACT)
+
+    def mark_intact(self) -> None:
+        files.write_file(self.directory / _INTACT, "")
 
     def get(self, address: ipaddress.IPv4Address) -> Lease | None:
         return self._read(self._path(str(address)))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from nsrun.errors import NsrunError
@@ -119,7 +118,7 @@ def exec_in(
     try:
         for kind in _JOINED_KINDS:
             opened[kind] = open_pinned(record, kind)
-        shim = Shim(replace(plan, new_pid_namespace=False), ShimFds(join=opened))
+        shim = Shim(plan.replace(new_pid_namespace=False), ShimFds(join=opened))
         try:
             return shim.run()
         finally:

@@ -11,6 +11,7 @@ from nsrun.state.registry import Registry, SandboxRecord
 if TYPE_CHECKING:
     from nsrun.errors import NsrunError
     from nsrun.networks.spec import NetworkSpec
+    from nsrun.process.shim import Started
 
 __all__ = ["is_stale", "live_sandboxes", "registry"]
 
@@ -62,6 +63,22 @@ def missing_sandbox_rules(record: SandboxRecord, backend: str | None = None) -> 
     if backend == "none":
         return []
     return _missing(record, firewall.sandbox_rules_present(backend))
+
+
+def note_started(dirs: StateDirs, record: SandboxRecord, started: Started) -> SandboxRecord:
+    """The command runs: record its pids and where its shim (the record's holder) pins its
+    namespaces, and give its network namespace its `ip netns` name."""
+    import os
+    from dataclasses import replace
+
+    # the fds are the shim's (this process, or another one): read them through /proc
+    pinned = {kind: (fd, os.stat(f"/proc/{record.pid}/fd/{fd}").st_ino) for kind, fd in started.namespace_fds.items()}
+    record = replace(record, init_pid=started.init_pid, child_pid=started.command_pid, namespaces=pinned)
+    reg = registry(dirs)
+    reg.update(record)
+    if record.netns_name and "net" in started.namespace_fds:
+        reg.bind_netns(record, f"/proc/{record.pid}/fd/{started.namespace_fds['net']}")
+    return record
 
 
 def repair_sandbox_rules(dirs: StateDirs, network: NetworkSpec, skip: str = "") -> list[str]:

@@ -207,21 +207,22 @@ class Sandbox:
         """The command runs: record where its namespaces are pinned and give its netns its name."""
         if self.record is None:
             raise RuntimeError("started() before setup()")
-        # the fds are the shim's (this process, or another one): read them through /proc
-        holder = self.holder.pid
-        pinned = {kind: (fd, os.stat(f"/proc/{holder}/fd/{fd}").st_ino) for kind, fd in started.namespace_fds.items()}
-        self.record = replace(self.record, init_pid=started.init_pid, child_pid=started.command_pid, namespaces=pinned)
-        reg = self._registry()
-        reg.update(self.record)
-        if self.record.netns_name and "net" in started.namespace_fds:
-            reg.bind_netns(self.record, f"/proc/{holder}/fd/{started.namespace_fds['net']}")
+        from nsrun.launch.records import note_started
 
-    def teardown(self) -> None:
-        """Undo what the sandbox's record says was made, then close what this process kept;
-        raise TeardownError listing what failed (every step still ran)."""
+        self.record = note_started(self.dirs, self.record, started)
+
+    def teardown(self, release: Callable[[], None] | None = None) -> None:
+        """Undo what the sandbox's record says was made; raise TeardownError listing what failed
+        (every step still ran). Half-way, once what joined the sandbox is ended, the descriptors
+        go: this process's copies, and through `release` the shim's, if it is another process."""
         from nsrun.launch.teardown import teardown_sandbox
 
-        failures = teardown_sandbox(self.dirs, self.record, pinned=True) if self.record is not None else []
+        def close_all() -> None:
+            if release is not None:
+                release()
+            self.close()
+
+        failures = teardown_sandbox(self.dirs, self.record, pinned=True, release=close_all) if self.record else []
         self.record = None
         self.close()
         if failures:
@@ -380,7 +381,7 @@ class Sandbox:
         from nsrun.ipam.allocator import allocate
         from nsrun.ipam.leases import LeaseStore
         from nsrun.net import netlink
-        from nsrun.net.plan import AttachPlan, host_veth_name
+        from nsrun.net.plan import AttachPlan, host_veth_name, sandbox_mac
         from nsrun.networks import manager
 
         host = netlink.IPRoute()
@@ -408,10 +409,11 @@ class Sandbox:
             host_side = manager.ensure_host_side(self.dirs, host, network, store)
             bridge_index, network = host_side.bridge_index, host_side.spec
             self.network = network
-        from nsrun.launch.records import repair_sandbox_rules
+        if host_side.repaired:
+            from nsrun.launch.records import repair_sandbox_rules
 
-        # after a flush or a firewall reload, the running sandboxes' own rules are gone too
-        repair_sandbox_rules(self.dirs, network, skip=self.sandbox_id)
+            # after a flush or a firewall reload, the running sandboxes' own rules are gone too
+            repair_sandbox_rules(self.dirs, network, skip=self.sandbox_id)
         if self.checkpoint is not None:
             self.checkpoint()
         address = parse_address(lease.address)
@@ -421,7 +423,7 @@ class Sandbox:
             address=address,
             subnet=network.subnet,
             gateway=network.gateway,
-            mac=self.request.mac,
+            mac=self.request.mac or sandbox_mac(os.urandom(6)),
             mtu=network.mtu or netlink.default_route_mtu(host),
             default_route=not network.internal,
             address6=network.address6_for(address),
@@ -431,20 +433,19 @@ class Sandbox:
         self.address6 = plan.address6
         if self.netns_fd is None:
             raise RuntimeError("the sandbox's namespace is opened first")
-        netlink.create_veth(host, plan, self.netns_fd)
+        self._guard_port(network, plan)  # before the port exists: from its first packet on
+        index = netlink.create_veth(host, plan, self.netns_fd, bridge_index)
         self._step(f"deleting veth {veth}", netlink.delete_link, host, veth)
-        self._guard_port(network, plan, netlink.link_mac(inner, plan.sandbox_ifname))
-        netlink.attach_veth(host, plan, bridge_index)
-        netlink.configure_sandbox(inner, plan)
+        netlink.configure_sandbox(inner, plan, index)
         if self.request.publish:
             self._publish(network, plan.address)
 
-    def _guard_port(self, network: NetworkSpec, plan: AttachPlan, mac: str) -> None:
+    def _guard_port(self, network: NetworkSpec, plan: AttachPlan) -> None:
         """Before the port joins the bridge: it may only send as the sandbox's own MAC and addresses."""
         from nsrun.firewall import host as firewall
         from nsrun.firewall.portguard import PortGuard
 
-        self.mac = mac
+        mac = self.mac = plan.mac
         self._step("removing the sandbox's own rules", firewall.remove_sandbox_rules, self.sandbox_id)
         guard = PortGuard(self.sandbox_id, plan.host_veth, mac, plan.address, plan.address6)
         if not firewall.guard_port(network.firewall, guard) and network.firewall != "none":

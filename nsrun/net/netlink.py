@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HostRoute",
     "IPRoute",
-    "attach_veth",
     "bridge_exists",
     "bridge_mac",
     "bridge_ports",
@@ -39,13 +38,13 @@ __all__ = [
     "flush_udp_conntrack",
     "host_routes",
     "link_exists",
-    "link_mac",
     "list_links",
     "loopback_up",
     "open_in_new_netns",
 ]
 
 _LOOPBACK_INDEX: Final = 1  # lo is always ifindex 1 in a fresh namespace
+SANDBOX_IFINDEX: Final = 2  # what the sandbox's eth0 asks for: the next one
 _MAIN_TABLE: Final = 254
 IFA_F_NODAD: Final = 0x02
 AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -171,34 +170,26 @@ def _ensure_address(ipr: IPRoute, index: int, address: AnyAddress, prefixlen: in
             raise _fail(f"adding address {address}/{prefixlen} to {where}", err) from err
 
 
-def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int) -> None:
-    """The veth pair, its peer created directly inside the sandbox namespace: when that namespace
-    dies the kernel destroys the pair, whatever happened to nsrun."""
-    peer: dict[str, Any] = {"ifname": plan.sandbox_ifname, "net_ns_fd": netns_fd}
-    host_end: dict[str, Any] = {}
-    if plan.mac:
-        peer["address"] = plan.mac
+def create_veth(ipr: IPRoute, plan: AttachPlan, netns_fd: int, bridge_index: int) -> int:
+    """The veth pair, in one request: the host end a port of the bridge and up (its filter is
+    already in place), its peer created directly inside the sandbox namespace (when that namespace
+    dies the kernel destroys the pair, whatever happened to nsrun). The peer's index there."""
+    peer: dict[str, Any] = {"ifname": plan.sandbox_ifname, "net_ns_fd": netns_fd, "address": plan.mac}
+    host_end: dict[str, Any] = {"master": bridge_index, "state": "up"}
     if plan.mtu:
         peer["mtu"] = host_end["mtu"] = plan.mtu
-    try:
-        ipr.link("add", ifname=plan.host_veth, kind="veth", peer=peer, **host_end)
-    except NetlinkError as err:
-        raise _fail(f"creating veth {plan.host_veth!r}", err) from err
-
-
-def link_mac(ipr: IPRoute, name: str) -> str:
-    link = _link(ipr, name)
-    if link is None:
-        raise NsrunError(f"reading the MAC address of {name!r}", "no such interface", "run `nsrun doctor`")
-    mac: str = link.get("address")
-    return mac.lower()
-
-
-def attach_veth(ipr: IPRoute, plan: AttachPlan, bridge_index: int) -> None:
-    try:
-        ipr.link("set", ifname=plan.host_veth, master=bridge_index, state="up")
-    except NetlinkError as err:
-        raise _fail(f"attaching veth {plan.host_veth!r} to bridge {plan.bridge!r}", err) from err
+    # the first index after lo, so that nothing need look it up; taken (a module's fallback
+    # tunnels live in every new namespace), the kernel picks one
+    for index in (SANDBOX_IFINDEX, None):
+        wanted = peer | ({"index": index} if index else {})
+        try:
+            ipr.link("add", ifname=plan.host_veth, kind="veth", peer=wanted, **host_end)
+        except NetlinkError as err:
+            if index is not None and err.code in (errno.EBUSY, errno.EEXIST) and not link_exists(ipr, plan.host_veth):
+                continue
+            raise _fail(f"creating veth {plan.host_veth!r} on bridge {plan.bridge!r}", err) from err
+        return index or 0
+    return 0
 
 
 def loopback_up(inner: IPRoute) -> None:
@@ -208,15 +199,16 @@ def loopback_up(inner: IPRoute) -> None:
         raise _fail("bringing up lo in the sandbox", err) from err
 
 
-def configure_sandbox(inner: IPRoute, plan: AttachPlan) -> None:
-    """Inside the sandbox: address on eth0, eth0 up, default route via the gateway."""
+def configure_sandbox(inner: IPRoute, plan: AttachPlan, index: int = 0) -> None:
+    """Inside the sandbox: eth0 (at `index`, 0: look it up) up, its address, the default route
+    via the gateway."""
     action = f"configuring {plan.sandbox_ifname} in the sandbox"
     try:
-        index = inner.link("get", ifname=plan.sandbox_ifname)[0]["index"]
+        index = index or inner.link("get", ifname=plan.sandbox_ifname)[0]["index"]
+        inner.link("set", index=index, state="up")
         inner.addr("add", index=index, address=str(plan.address), prefixlen=plan.subnet.prefixlen)
         if plan.address6 is not None and plan.prefixlen6 is not None:
             _ensure_address(inner, index, plan.address6, plan.prefixlen6, "the sandbox")
-        inner.link("set", index=index, state="up")
         if plan.default_route:
             inner.route("add", dst="default", gateway=str(plan.gateway))
             if plan.gateway6 is not None:
@@ -248,17 +240,11 @@ def delete_link(ipr: IPRoute, name: str) -> None:
 
 def default_route_mtu(ipr: IPRoute) -> int | None:
     """MTU of the interface the host's preferred IPv4 default route leaves by, if there is one."""
-    defaults = [
-        r for r in ipr.route("dump", family=socket.AF_INET) if r.get("table") == _MAIN_TABLE and r["dst_len"] == 0
-    ]
-    if not defaults:
-        return None
-    best = min(defaults, key=lambda r: r.get("priority") or 0)
-    try:
-        mtu: int = ipr.link("get", index=best.get("oif"))[0].get("mtu")
-    except NetlinkError:
-        return None
-    return mtu
+    from nsrun.net.routes import default_interface, main_routes
+
+    name = default_interface(main_routes())
+    link = _link(ipr, name) if name is not None else None
+    return int(link.get("mtu")) if link is not None and link.get("mtu") else None
 
 
 @dataclass(frozen=True)

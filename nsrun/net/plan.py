@@ -11,7 +11,7 @@ from nsrun.validate import IFNAMSIZ
 if TYPE_CHECKING:
     import ipaddress
 
-__all__ = ["HOST_VETH_PREFIX", "SANDBOX_IFNAME", "AttachPlan", "bridge_name_for", "host_veth_name"]
+__all__ = ["HOST_VETH_PREFIX", "SANDBOX_IFNAME", "AttachPlan", "bridge_name_for", "host_veth_name", "sandbox_mac"]
 
 HOST_VETH_PREFIX: Final = "nsv"
 SANDBOX_IFNAME: Final = "eth0"
@@ -25,6 +25,13 @@ def host_veth_name(sandbox_id: str) -> str:
     tears down the previous holder's veth (it lingers ~25 ms after its namespace dies)."""
     name = HOST_VETH_PREFIX + sandbox_id
     return name[: IFNAMSIZ - 1]
+
+
+def sandbox_mac(entropy: bytes) -> str:
+    """A locally administered unicast MAC from 6 random bytes: nsrun chooses the sandbox's MAC
+    itself, so that its bridge-port filter is in place before the port exists."""
+    first = (entropy[0] & 0xFC) | 0x02  # unicast, locally administered
+    return ":".join(f"{byte:02x}" for byte in (first, *entropy[1:6]))
 
 
 def bridge_name_for(network: str) -> str:
@@ -44,7 +51,7 @@ class AttachPlan:
     address: ipaddress.IPv4Address
     subnet: ipaddress.IPv4Network
     gateway: ipaddress.IPv4Address
-    mac: str | None = None
+    mac: str  # the sandbox's eth0
     sandbox_ifname: str = SANDBOX_IFNAME
     mtu: int | None = None
     default_route: bool = True  # False on internal networks: nothing beyond the host

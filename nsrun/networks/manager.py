@@ -192,7 +192,11 @@ def ensure_loaded(dirs: StateDirs, spec: NetworkSpec, store: LeaseStore | None =
 
 def unleased_addresses(spec: NetworkSpec, store: LeaseStore) -> frozenset[ipaddress.IPv4Address]:
     """Addresses running sandboxes hold although no lease names them (nsrun's state under /run
-    was lost, e.g. `rm -rf /run/nsrun/*`): their bridge-port filters still say which."""
+    was lost, e.g. `rm -rf /run/nsrun/*`): their bridge-port filters still say which. Looked for
+    only until a launch finds none (the lease directory is then marked intact): a listing of
+    every filter at every launch would make launches slower the more sandboxes run."""
+    if store.intact():
+        return frozenset()
     leased = {lease.sandbox_id for lease in store.leases()}
     found = set()
     for sandbox_id, address in firewall.addresses_in_use().items():
@@ -202,13 +206,18 @@ def unleased_addresses(spec: NetworkSpec, store: LeaseStore) -> frozenset[ipaddr
             candidate = ipaddress.IPv4Address(address)
             if candidate in spec.subnet:
                 found.add(candidate)
+    if not found:
+        store.mark_intact()
     return frozenset(found)
 
 
-def check_subnet_still_free(ipr: IPRoute, spec: NetworkSpec) -> None:
+def check_subnet_still_free(spec: NetworkSpec) -> None:
     """A route that appeared since the network was created (a VPN came up) would take part of the
-    sandboxes' traffic, or theirs would shadow it: refuse rather than misroute."""
-    routes = [(r.network, r.label) for r in netlink.host_routes(ipr) if r.ifname != spec.bridge]
+    sandboxes' traffic, or theirs would shadow it: refuse rather than misroute. (The main table
+    from /proc: at every launch, a netlink dump would cost more than the rest of the check.)"""
+    from nsrun.net.routes import main_routes
+
+    routes = [(r.network, r.label) for r in main_routes() if r.network.prefixlen and r.ifname != spec.bridge]
     clash = first_overlap(spec.subnet, routes)
     if clash:
         raise ConflictError(
@@ -241,7 +250,7 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec, store: Le
     backend installed is moved to the wanted one, so its record always names where its rules are.
     With `store` (its lease store, locked by the caller), veths of its running sandboxes are
     ports of the bridge again if it had to be recreated."""
-    check_subnet_still_free(ipr, spec)
+    check_subnet_still_free(spec)
     addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = [(spec.gateway, spec.subnet.prefixlen)]
     if spec.subnet6 is not None and spec.gateway6 is not None:
         addresses.append((spec.gateway6, spec.subnet6.prefixlen))

@@ -13,13 +13,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
 import termios
-from typing import TYPE_CHECKING, Final, NoReturn
 
-from nsrun.process import libc
+from nsrun.process import libc, signals
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
+    from typing import Final, NoReturn
+
     from nsrun.process.plan import ProcessPlan
 
 __all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "EXIT_SETUP_FAILED", "exec_command", "exit_code_for"]
@@ -45,11 +46,11 @@ def _last_cap() -> int:
 
 
 def _reset_signals() -> None:
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+    signals.pthread_sigmask(signals.SIG_SETMASK, set())
+    for sig in signals.valid_signals():
+        if sig not in (signals.SIGKILL, signals.SIGSTOP):
             try:
-                signal.signal(sig, signal.SIG_DFL)
+                signals.signal(sig, signals.SIG_DFL)
             except (OSError, ValueError):
                 continue
 

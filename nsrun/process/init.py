@@ -8,27 +8,26 @@ reports the status, gives leftovers a moment to end on SIGTERM and exits: the ke
 whatever is left in the namespace, grandchildren that ignore SIGTERM included. It dies with the
 shim (parent-death signal), so a SIGKILL of nsrun leaves nothing running.
 
-Messages to the shim travel over a SOCK_SEQPACKET socket, one JSON object each.
+Messages to the shim travel over a SOCK_SEQPACKET socket (`nsrun.process.wire`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import _socket
 import os
-import signal
-import socket
 import time
-from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from nsrun.process import libc
+from nsrun.process import libc, signals, wire
 from nsrun.process.child import EXIT_SETUP_FAILED, exec_command
 from nsrun.process.mounts import apply_mounts
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
+    from typing import Any, Final, NoReturn
+
     from nsrun.process.plan import ProcessPlan
 
-__all__ = ["LEFTOVER_GRACE_SECONDS", "NAMESPACE_KINDS", "forwardable_signals", "run_init", "send"]
+__all__ = ["LEFTOVER_GRACE_SECONDS", "NAMESPACE_KINDS", "forwardable_signals", "run_init"]
 
 LEFTOVER_GRACE_SECONDS: Final = 1.0
 _NAME: Final = "nsrun-init"
@@ -38,23 +37,22 @@ NAMESPACE_KINDS: Final = ("net", "uts", "ipc", "pid", "mnt")
 
 def forwardable_signals() -> set[int]:
     """Every signal a process can catch; what init and shim pass on to the command."""
-    return {int(sig) for sig in signal.valid_signals()} - {signal.SIGKILL, signal.SIGSTOP}
+    return signals.valid_signals() - {signals.SIGKILL, signals.SIGSTOP}
 
 
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
-    payload = json.dumps(message).encode()
-    if fds:
-        socket.send_fds(sock, [payload], fds)
-    else:
-        sock.send(payload)
+def _send(sock: wire.Socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
+    try:
+        wire.send(sock, message, fds)
+    except OSError:
+        pass  # the shim is gone: the parent-death signal ends this process
 
 
-def _watch_parent(sock: socket.socket) -> None:
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+def _watch_parent(sock: wire.Socket) -> None:
+    libc.prctl(libc.PR_SET_PDEATHSIG, signals.SIGKILL)
     # the shim may have died before the line above took effect; its pid is not visible from a new
     # PID namespace, but its end of the socket closed with it
     try:
-        if sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+        if sock.recv(1, _socket.MSG_DONTWAIT | _socket.MSG_PEEK) == b"":
             os._exit(EXIT_SETUP_FAILED)
     except BlockingIOError:
         return
@@ -104,10 +102,12 @@ def _start_command(plan: ProcessPlan, tty_fd: int | None) -> tuple[int, str | No
 def _reap_until(command: int, sigs: set[int]) -> int:
     """Forward signals to the command and reap children until the command exits; its status."""
     while True:
-        info = signal.sigwaitinfo(sigs)
-        if info.si_signo != signal.SIGCHLD:
-            with contextlib.suppress(ProcessLookupError):
+        info = signals.sigwaitinfo(sigs)
+        if info.si_signo != signals.SIGCHLD:
+            try:
                 os.kill(command, info.si_signo)
+            except ProcessLookupError:
+                pass  # it is ending: its SIGCHLD comes next
             continue
         while True:
             try:
@@ -122,8 +122,10 @@ def _reap_until(command: int, sigs: set[int]) -> int:
 
 def _end_leftovers(sigs: set[int]) -> None:
     """What the command left running gets SIGTERM and a moment; then the kernel's SIGKILL."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(-1, signal.SIGTERM)  # from PID 1: every other process of this namespace
+    try:
+        os.kill(-1, signals.SIGTERM)  # from PID 1: every other process of this namespace
+    except ProcessLookupError:
+        return  # nothing left
     deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
     while (remaining := deadline - time.monotonic()) > 0:
         try:
@@ -131,17 +133,17 @@ def _end_leftovers(sigs: set[int]) -> None:
                 pass
         except ChildProcessError:
             return
-        signal.sigtimedwait(sigs, remaining)
+        signals.sigtimedwait(sigs, remaining)
 
 
 def run_init(
-    plan: ProcessPlan, sock: socket.socket, netns_fd: int | None, join: dict[str, int] | None = None
+    plan: ProcessPlan, sock: wire.Socket, netns_fd: int | None, join: dict[str, int] | None = None
 ) -> NoReturn:
     """The body of PID 1 (or, with `join`, of the parent of a command exec'd into a running
     sandbox, inside its PID namespace); exits, never returns."""
     sigs = forwardable_signals()
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+        signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
         _watch_parent(sock)
         os.setsid()  # the caller's terminal signals the shim, which forwards them: never twice
         libc.prctl(libc.PR_SET_DUMPABLE, 0)  # the command may not read or trace its init
@@ -151,25 +153,23 @@ def run_init(
             os.close(fd)
         master, slave = _open_terminal() if plan.tty else (None, None)
         namespaces = _namespace_fds()
-        send(sock, {"event": "ready"}, namespaces + ([master] if master is not None else []))
+        wire.send(sock, {"event": "ready"}, namespaces + ([master] if master is not None else []))
         for fd in namespaces + ([master] if master is not None else []):
             os.close(fd)
         command, failure = _start_command(plan, slave)
         if slave is not None:
             os.close(slave)
     except Exception as err:  # noqa: BLE001  # reported to the shim, which says what failed
-        with contextlib.suppress(OSError):
-            send(sock, {"event": "failed", "code": EXIT_SETUP_FAILED, "message": f"preparing the sandbox: {err}"})
+        _send(sock, {"event": "failed", "code": EXIT_SETUP_FAILED, "message": f"preparing the sandbox: {err}"})
         os._exit(EXIT_SETUP_FAILED)
     if failure is not None:
         code, _, message = failure.partition(" ")
         os.waitpid(command, 0)
-        send(sock, {"event": "failed", "code": int(code) if code.isdigit() else EXIT_SETUP_FAILED, "message": message})
+        _send(sock, {"event": "failed", "code": int(code) if code.isdigit() else EXIT_SETUP_FAILED, "message": message})
         os._exit(EXIT_SETUP_FAILED)
-    send(sock, {"event": "started", "pid": command})
+    _send(sock, {"event": "started", "pid": command})
     status = _reap_until(command, sigs)
-    with contextlib.suppress(OSError):
-        send(sock, {"event": "exited", "status": status})
+    _send(sock, {"event": "exited", "status": status})
     if join is None:
         _end_leftovers(sigs)  # only PID 1 may end the whole namespace
     os._exit(0)

@@ -6,10 +6,12 @@ failure; nothing here decides anything. Stdlib only: the sandbox's processes imp
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import struct
-from typing import Final
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
+if TYPE_CHECKING:
+    from typing import Final
 
 __all__ = [
     "CLONE_NEWIPC",
@@ -100,8 +102,12 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
-@functools.cache
+_loaded: list[ctypes.CDLL] = []  # the C library, set up once per process (functools costs an import)
+
+
 def _libc() -> ctypes.CDLL:
+    if _loaded:
+        return _loaded[0]
     libc = ctypes.CDLL(None, use_errno=True)
     libc.unshare.argtypes = [ctypes.c_int]
     libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -113,6 +119,7 @@ def _libc() -> ctypes.CDLL:
     libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
     libc.signalfd.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     libc.syscall.restype = ctypes.c_long
+    _loaded.append(libc)
     return libc
 
 

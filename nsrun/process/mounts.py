@@ -10,16 +10,16 @@ disks, no other users' terminals), and the binds, tmpfs and read-only root the p
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from typing import TYPE_CHECKING, Final
 
 from nsrun.process import libc
 from nsrun.process.plan import Mount, MountKind
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Final
 
 __all__ = ["apply_mounts", "root_is_mount_point"]
 
@@ -79,8 +79,10 @@ def _mask(path: str) -> None:
 
 
 def _proc() -> None:
-    with contextlib.suppress(OSError):  # the host's procfs, and what is mounted under it
-        libc.umount("/proc")
+    try:
+        libc.umount("/proc")  # the host's procfs, and what is mounted under it
+    except OSError:
+        pass  # nothing mounted there
     libc.mount("proc", "/proc", "proc", _PROC_FLAGS)
 
 
@@ -94,8 +96,10 @@ def _harden_proc() -> None:
 
 
 def _sysfs(*, readonly: bool) -> None:
-    with contextlib.suppress(OSError):
+    try:
         libc.umount("/sys")
+    except OSError:
+        pass  # nothing mounted there
     # sysfs shows the network namespace of whoever mounts it: this one is the sandbox's
     libc.mount("sysfs", "/sys", "sysfs", _PROC_FLAGS | (libc.MS_RDONLY if readonly else 0))
     if readonly:
@@ -131,21 +135,21 @@ def _tmpfs(target: str) -> None:
 
 def _apply(mount: Mount, sources: dict[str, int]) -> None:
     kind = mount.kind
-    if kind is MountKind.READONLY_ROOT:
+    if kind == MountKind.READONLY_ROOT:
         _readonly("/")
-    elif kind is MountKind.PROC:
+    elif kind == MountKind.PROC:
         _proc()
-    elif kind is MountKind.PROC_HARDEN:
+    elif kind == MountKind.PROC_HARDEN:
         _harden_proc()
-    elif kind is MountKind.SYSFS:
+    elif kind == MountKind.SYSFS:
         _sysfs(readonly=mount.readonly)
-    elif kind is MountKind.SYS_READONLY:
+    elif kind == MountKind.SYS_READONLY:
         _readonly("/sys")
-    elif kind is MountKind.DEV:
+    elif kind == MountKind.DEV:
         _dev(int(mount.source) if mount.source.isdigit() else _TTY_GROUP)
-    elif kind is MountKind.BIND:
+    elif kind == MountKind.BIND:
         _bind(sources[mount.source], mount.target, readonly=mount.readonly)
-    elif kind is MountKind.TMPFS:
+    elif kind == MountKind.TMPFS:
         _tmpfs(mount.target)
 
 
@@ -171,7 +175,7 @@ def apply_mounts(mounts: Iterable[Mount]) -> None:
     sources: dict[str, int] = {}
     try:
         for mount in plan:
-            if mount.kind is MountKind.BIND and mount.source not in sources:
+            if mount.kind == MountKind.BIND and mount.source not in sources:
                 try:
                     sources[mount.source] = os.open(mount.source, os.O_PATH | os.O_CLOEXEC)
                 except OSError as err:
@@ -180,7 +184,7 @@ def apply_mounts(mounts: Iterable[Mount]) -> None:
             try:
                 _apply(mount, sources)
             except OSError as err:
-                where = mount.target or mount.kind.value
+                where = mount.target or mount.kind
                 raise OSError(err.errno, f"mounting {where}: {os.strerror(err.errno or 0)}") from err
     finally:
         for fd in sources.values():

@@ -4,7 +4,10 @@ server that listens only on the sandbox's 127.0.0.1 counts too. Stdlib only."""
 
 from __future__ import annotations
 
-from typing import Final
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
+if TYPE_CHECKING:
+    from typing import Final
+
 
 __all__ = ["listening"]
 

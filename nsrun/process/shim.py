@@ -11,28 +11,25 @@ what is left on the host.
 
 It runs in a process of its own (the CLI process itself, or a small subprocess the library
 starts), because it changes process-wide state: the PID namespace of its children and the signal
-mask. Stdlib only: it starts in milliseconds and holds a few megabytes.
+mask. Stdlib only, and light (no typing, dataclasses, json, socket or signal module: see
+`nsrun.process.wire`): it starts in milliseconds and holds a few megabytes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
 import select
-import signal
-import socket
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
 
-from nsrun.process import libc, terminal
+from nsrun.process import libc, signals, terminal, wire
 from nsrun.process.child import EXIT_SETUP_FAILED
 from nsrun.process.init import NAMESPACE_KINDS, forwardable_signals, run_init
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
+    from typing import Any, Final
 
     from nsrun.process.plan import ProcessPlan
 
@@ -42,11 +39,10 @@ _CHUNK: Final = 65536
 _MAX_FD: Final = 1 << 20
 _READY_POLL: Final = 0.05
 _STOP_GRACE: Final = 5.0  # after SIGTERM of a sandbox that never got ready, SIGKILL
-_MAX_MESSAGE: Final = 4096
 _MAX_FDS: Final = 8
 # left to their default action on the shim itself: a shim in the background that touches the
 # terminal stops, as any job does, and its shell takes the terminal back
-_NOT_FORWARDED: Final = frozenset({signal.SIGTTIN, signal.SIGTTOU})
+_NOT_FORWARDED: Final = frozenset({signals.SIGTTIN, signals.SIGTTOU})
 
 
 def exit_status(status: int) -> int:
@@ -56,32 +52,43 @@ def exit_status(status: int) -> int:
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else EXIT_SETUP_FAILED
 
 
-@dataclass
 class ShimFds:
     """Descriptors the shim is handed, numbers in its own process."""
 
-    netns: int | None = None  # the sandbox's network namespace (None: the host's)
-    join: dict[str, int] | None = None  # `nsrun exec`: the running sandbox's pinned namespaces
-    control: int | None = None  # to the controller: EOF means it died and the sandbox must end
-    stdin: int = 0  # the command's stdio (and the terminal relayed, with a tty)
-    stdout: int = 1
-    stderr: int = 2
+    def __init__(  # one keyword per descriptor
+        self,
+        netns: int | None = None,  # the sandbox's network namespace (None: the host's)
+        join: dict[str, int] | None = None,  # `nsrun exec`: the running sandbox's pinned namespaces
+        control: int | None = None,  # to the controller: EOF means it died and the sandbox must end
+        stdin: int = 0,  # the command's stdio (and the terminal relayed, with a tty)
+        stdout: int = 1,
+        stderr: int = 2,
+    ) -> None:
+        self.netns = netns
+        self.join = join
+        self.control = control
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
 
 
-@dataclass(frozen=True)
 class Started:
-    init_pid: int
-    command_pid: int  # in the host's PID namespace
-    namespace_fds: dict[str, int]  # kind -> fd held by the shim for the sandbox's life
+    """The command runs: its init, its pid (in the host's PID namespace), and the namespaces the
+    shim holds for the sandbox's life (kind -> fd)."""
+
+    def __init__(self, init_pid: int, command_pid: int, namespace_fds: dict[str, int]) -> None:
+        self.init_pid = init_pid
+        self.command_pid = command_pid
+        self.namespace_fds = namespace_fds
 
 
-@dataclass
 class Outcome:
     """How the sandbox ended: the command's raw wait status, or why it never ran."""
 
-    status: int | None = None
-    failure: str | None = None
-    failure_code: int = EXIT_SETUP_FAILED
+    def __init__(self, status: int | None = None, failure: str | None = None, failure_code: int = 125) -> None:
+        self.status = status
+        self.failure = failure
+        self.failure_code = failure_code
 
     @property
     def exit_code(self) -> int:
@@ -96,55 +103,70 @@ class Outcome:
         return None
 
 
-@dataclass
 class Shim:
-    plan: ProcessPlan
-    fds: ShimFds = field(default_factory=ShimFds)
-    on_started: Callable[[Started], None] | None = None
-    on_control: Callable[[dict[str, Any]], None] | None = None
-    # readiness (--wait-port): checked from the command's start; not ready in time ends the sandbox
-    ready: Callable[[int], bool] | None = None  # given the init's pid
-    ready_timeout: float = 0.0
-    on_ready: Callable[[], None] | None = None
-    not_ready: bool = False
-    namespace_fds: dict[str, int] = field(default_factory=dict)
-    init_pid: int | None = None
-    command_pid: int | None = None
-    _master: int | None = None
-    _outcome: Outcome = field(default_factory=Outcome)
-    _init_status: int | None = None
-    _command_done: bool = False
-    _ready_deadline: float | None = None
-    _kill_deadline: float | None = None
+    def __init__(  # one keyword per hook
+        self,
+        plan: ProcessPlan,
+        fds: ShimFds | None = None,
+        *,
+        on_started: Callable[[Started], None] | None = None,
+        on_control: Callable[[dict[str, Any]], None] | None = None,
+        # readiness (--wait-port): checked from the command's start; not ready in time ends the sandbox
+        ready: Callable[[int], bool] | None = None,  # given the init's pid
+        ready_timeout: float = 0.0,
+        on_ready: Callable[[], None] | None = None,
+        # signals the caller caught before this shim took over signals (they go to the command too)
+        held: Callable[[], list[int]] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.fds = fds if fds is not None else ShimFds()
+        self.on_started = on_started
+        self.on_control = on_control
+        self.ready = ready
+        self.ready_timeout = ready_timeout
+        self.on_ready = on_ready
+        self.held = held
+        self.not_ready = False
+        self.namespace_fds: dict[str, int] = {}
+        self.init_pid: int | None = None
+        self.command_pid: int | None = None
+        self._master: int | None = None
+        self._outcome = Outcome()
+        self._init_status: int | None = None
+        self._command_done = False
+        self._ready_deadline: float | None = None
+        self._kill_deadline: float | None = None
 
     def run(self) -> Outcome:
         """Start the sandbox's processes and wait until its init is gone; the namespace fds stay
         open (call `close()` once the teardown no longer needs them)."""
         sigs = forwardable_signals() - _NOT_FORWARDED
-        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-        signals = libc.signalfd(sorted(sigs))
+        signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
+        signal_fd = libc.signalfd(sorted(sigs))
         try:
             sock = self._fork_init()
-            with contextlib.closing(sock):
-                self._loop(sock, signals)
+            for signo in self.held() if self.held is not None else []:
+                self.forward(signo)  # the init holds them until the command runs
+            try:
+                self._loop(sock, signal_fd)
+            finally:
+                sock.close()
         finally:
-            os.close(signals)
+            os.close(signal_fd)
         return self._outcome
 
     def close(self) -> None:
-        for fd in self.namespace_fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        wire.close_fds(list(self.namespace_fds.values()))
         self.namespace_fds.clear()
 
     # -- start ------------------------------------------------------------------------------------
 
-    def _fork_init(self) -> socket.socket:
+    def _fork_init(self) -> wire.Socket:
         if self.fds.join is not None:
             libc.setns(self.fds.join["pid"], libc.CLONE_NEWPID)  # the next child is inside it
         elif self.plan.new_pid_namespace:
             libc.unshare(libc.CLONE_NEWPID)  # the next child is PID 1 of a new namespace
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours, theirs = wire.socketpair()
         pid = os.fork()
         if pid == 0:
             ours.close()
@@ -163,12 +185,13 @@ class Shim:
 
     # -- wait -------------------------------------------------------------------------------------
 
-    def _loop(self, sock: socket.socket, signals: int) -> None:
+    def _loop(self, sock: wire.Socket, signal_fd: int) -> None:
         relay = _Relay(self.fds.stdin, self.fds.stdout) if self.plan.tty else None
         control = self.fds.control
-        with self._terminal(relay):
+        raw = relay is not None and terminal.is_terminal(self.fds.stdin)
+        with terminal.RawMode(self.fds.stdin, enabled=raw):
             while self._init_status is None:
-                readers = [signals, sock.fileno()]
+                readers = [signal_fd, sock.fileno()]
                 if control is not None:
                     readers.append(control)
                 if relay is not None:
@@ -180,8 +203,8 @@ class Shim:
                 self._check_ready()
                 if sock.fileno() in ready:
                     self._on_message(sock)
-                if signals in ready:
-                    self._on_signals(libc.signalfd_read(signals), relay)
+                if signal_fd in ready:
+                    self._on_signals(libc.signalfd_read(signal_fd), relay)
                 if control is not None and control in ready and not self._on_control(control):
                     control = None
                 if relay is not None and self._master is not None:
@@ -208,28 +231,20 @@ class Shim:
         elif now >= self._ready_deadline:
             self._ready_deadline = None
             self.not_ready = True
-            self.forward(signal.SIGTERM)
+            self.forward(signals.SIGTERM)
             self._kill_deadline = now + _STOP_GRACE
-
-    @contextlib.contextmanager
-    def _terminal(self, relay: _Relay | None) -> Iterator[None]:
-        if relay is None or not terminal.is_terminal(self.fds.stdin):
-            yield
-            return
-        with terminal.raw_mode(self.fds.stdin):
-            yield
 
     def _on_signals(self, received: list[tuple[int, int, int]], relay: _Relay | None) -> None:
         for signo, _code, _sender in received:
-            if signo == signal.SIGCHLD:
+            if signo == signals.SIGCHLD:
                 self._reap()
-            elif signo == signal.SIGWINCH and relay is not None and self._master is not None:
+            elif signo == signals.SIGWINCH and relay is not None and self._master is not None:
                 terminal.copy_window_size(self.fds.stdin, self._master)
-            elif signo == signal.SIGTSTP and relay is None:
+            elif signo == signals.SIGTSTP and relay is None:
                 # job control without a terminal of its own: the command stops, and so does
                 # nsrun, so the shell gets the terminal back; `fg` sends SIGCONT, passed on too
                 self.forward(signo)
-                os.kill(os.getpid(), signal.SIGSTOP)
+                os.kill(os.getpid(), signals.SIGSTOP)
             else:
                 self.forward(signo)
 
@@ -237,14 +252,18 @@ class Shim:
         """Pass a signal on to the command (through its init); dropped once the command ended."""
         if self.init_pid is None or self._init_status is not None or self._command_done:
             return
-        with contextlib.suppress(ProcessLookupError):
+        try:
             os.kill(self.init_pid, signo)
+        except ProcessLookupError:
+            pass  # it is ending: its SIGCHLD comes next
 
     def kill(self) -> None:
         """End the whole sandbox at once: SIGKILL of its init takes every process in it along."""
         if self.init_pid is not None and self._init_status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.init_pid, signal.SIGKILL)
+            try:
+                os.kill(self.init_pid, signals.SIGKILL)
+            except ProcessLookupError:
+                pass  # already gone
 
     def _reap(self) -> None:
         if self.init_pid is None:
@@ -262,15 +281,14 @@ class Shim:
             else:
                 self._outcome.status = status  # the init was killed: the command with it
 
-    def _on_message(self, sock: socket.socket) -> bool:
+    def _on_message(self, sock: wire.Socket) -> bool:
         """Handle one message of the init; False when there was none (it closed its end)."""
         try:
-            payload, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
-        except OSError:
+            message, fds = wire.receive(sock, _MAX_FDS)
+        except (OSError, wire.WireError):
             return False
-        if not payload:
+        if message is None:
             return False
-        message = json.loads(payload)
         event = message.get("event")
         if event == "ready":
             self.namespace_fds = dict(zip(NAMESPACE_KINDS, fds, strict=False))
@@ -303,21 +321,19 @@ class Shim:
     def _on_control(self, fd: int) -> bool:
         """A request from the controller; False once it is gone (then the sandbox ends)."""
         try:
-            data = os.read(fd, _MAX_MESSAGE)
-        except OSError:
-            data = b""
-        if not data:
+            request, fds = wire.receive_on(fd, 0)
+        except (OSError, wire.WireError):
+            request, fds = None, []
+        wire.close_fds(fds)
+        if request is None:
             self.kill()
             return False
-        for line in data.decode(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                request = json.loads(line)
-                if self.on_control is not None:
-                    self.on_control(request)
-                elif request.get("op") == "signal":
-                    self.forward(int(request["signal"]))
-                elif request.get("op") == "kill":
-                    self.kill()
+        if self.on_control is not None:
+            self.on_control(request)
+        elif request.get("op") == "signal":
+            self.forward(int(request["signal"]))
+        elif request.get("op") == "kill":
+            self.kill()
         return True
 
 

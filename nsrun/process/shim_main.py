@@ -1,88 +1,109 @@
 """The shim as a process of its own, for callers that must not become one: the Python library
 (a test suite, a long-lived service) starts it with `python -I -S` and drives it over a socket.
 
-Protocol (SOCK_SEQPACKET, one JSON object per message, descriptors beside it):
+Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message, descriptors beside it):
   caller -> shim   {"plan": ..., "netns": bool, "join": [kinds]} with the netns fd (if "netns"), the
                    published ports' sockets (held for the sandbox's life), or the joined namespaces' fds
   shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}}
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
-  caller -> shim   {"op": "done"} once the host side is torn down (the namespaces stay pinned until then)
+  caller -> shim   {"op": "release"} half-way through the teardown: close the namespaces (and the ports)
+  caller -> shim   {"op": "done"} once the host side is torn down
 EOF from the caller at any point ends the sandbox. A joining shim (exec into a running sandbox)
 exits with its command's status, or dies of its command's signal, as the command itself would.
 
-Stdlib only: this runs with `-S`, without site-packages.
+Stdlib only, and light: this runs with `-S`, without site-packages, at every launch.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
-import socket
 import sys
-from typing import TYPE_CHECKING, Any, Final, NoReturn
 
-from nsrun.process.init import send
+from nsrun.process import signals, wire
 from nsrun.process.plan import ProcessPlan
 from nsrun.process.shim import Shim, ShimFds
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final, NoReturn
+
     from nsrun.process.shim import Outcome, Started
 
 __all__ = ["BOOT", "main"]
 
-_MAX_MESSAGE: Final = 1 << 20
 _MAX_FDS: Final = 8
 # what the caller runs: `python -I -S -c BOOT <dir holding the nsrun package> <control fd>`
 BOOT: Final = "import sys; sys.path.insert(0, sys.argv[1]); from nsrun.process.shim_main import main; main()"
 
 
-def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    payload, fds, _, _ = socket.recv_fds(sock, _MAX_MESSAGE, _MAX_FDS)
-    if not payload:
-        os._exit(1)  # the caller went away before sending the plan
-    data: dict[str, Any] = json.loads(payload)
-    return data, fds
+def _send(sock: wire.Socket, message: dict[str, Any]) -> None:
+    try:
+        wire.send(sock, message)
+    except OSError:
+        pass  # the caller is gone: the sandbox ends all the same
 
 
 def _die_like(outcome: Outcome) -> NoReturn:
-    if (signum := outcome.signal) is not None and signum not in (signal.SIGKILL, signal.SIGSTOP):
-        signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    if (signum := outcome.signal) is not None and signum not in (signals.SIGKILL, signals.SIGSTOP):
+        signals.signal(signum, signals.SIG_DFL)
+        signals.pthread_sigmask(signals.SIG_UNBLOCK, {signum})
         os.kill(os.getpid(), signum)
-    elif signum == signal.SIGKILL:
-        os.kill(os.getpid(), signal.SIGKILL)
+    elif signum == signals.SIGKILL:
+        os.kill(os.getpid(), signals.SIGKILL)
     os._exit(outcome.exit_code)
 
 
+def _await_done(sock: wire.Socket, release: Callable[[], None]) -> None:
+    """Until the caller says the host side is torn down (or goes away); half-way, it says when
+    the namespaces may go."""
+    while True:
+        try:
+            message, fds = wire.receive(sock, 0)
+        except (OSError, wire.WireError):
+            return
+        wire.close_fds(fds)
+        if message is None or message.get("op") == "done":
+            return
+        if message.get("op") == "release":
+            release()
+
+
 def main() -> NoReturn:
-    sock = socket.socket(fileno=int(sys.argv[2]))
-    request, fds = _receive(sock)
-    plan = ProcessPlan.from_json(json.dumps(request["plan"]))
+    sock = wire.Socket(fileno=int(sys.argv[2]))
+    try:
+        request, fds = wire.receive(sock, _MAX_FDS)
+        if request is None:
+            os._exit(1)  # the caller went away before sending the plan
+        plan = ProcessPlan.from_dict(request["plan"])
+    except (OSError, wire.WireError, ValueError, KeyError):
+        os._exit(1)
     join = request.get("join")
     shim_fds = ShimFds(control=sock.fileno())
+    held: list[int] = []
     if join:
         shim_fds.join = dict(zip(join, fds, strict=True))
-    elif fds and request.get("netns"):
-        shim_fds.netns = fds[0]  # the rest are the published ports' sockets: held, never used
+    else:
+        held = fds  # the netns first (if it has one), then the published ports' sockets: held
+        if fds and request.get("netns"):
+            shim_fds.netns = fds[0]
 
     def started(info: Started) -> None:
         event = {"init_pid": info.init_pid, "command_pid": info.command_pid, "namespaces": info.namespace_fds}
-        send(sock, {"event": "started", **event})
+        _send(sock, {"event": "started", **event})
 
     shim = Shim(plan, shim_fds, on_started=started)
     outcome = shim.run()
-    with contextlib.suppress(OSError):
-        send(
-            sock, {"event": "ended", "status": outcome.status, "failure": outcome.failure, "code": outcome.failure_code}
-        )
+    _send(sock, {"event": "ended", "status": outcome.status, "failure": outcome.failure, "code": outcome.failure_code})
     if join:
         _die_like(outcome)
-    # the namespaces stay pinned until the caller has torn the host side down (or went away)
-    with contextlib.suppress(OSError):
-        while (message := sock.recv(_MAX_MESSAGE)) and json.loads(message).get("op") != "done":
-            pass
-    shim.close()
+    # the namespaces stay pinned until the caller has ended what joined the sandbox (or went away)
+
+    def release() -> None:
+        shim.close()
+        wire.close_fds(held)
+        held.clear()
+
+    _await_done(sock, release)
     os._exit(0)

@@ -187,6 +187,10 @@ class Registry:
         with self.locked():
             return self._sweep(is_stale)
 
+    def all_records(self) -> list[SandboxRecord]:
+        """Every valid record, live or stale, read without the sweep."""
+        return [item for item in self._scan() if isinstance(item, SandboxRecord)]
+
     def corrupt(self) -> list[CorruptStateError]:
         return [item for item in self._scan() if isinstance(item, CorruptStateError)]
 

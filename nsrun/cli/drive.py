@@ -1,0 +1,196 @@
+"""The command's side of a launch, the same whoever set the sandbox up (this process, or the warm
+helper): run the shim here, tell the controller when the command started and ended (it records,
+then tears down), and end as the command did. Stdlib only, and light: the thin client imports it
+(no typing, dataclasses or json on this path; see `nsrun.process.wire`).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+
+from nsrun.process import wire
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final, Protocol
+
+    from nsrun.process.plan import ProcessPlan
+    from nsrun.process.shim import Outcome, ShimFds, Started
+
+    class Controller(Protocol):
+        """Whoever set the sandbox up, and will tear it down."""
+
+        def started(self, info: Started) -> None: ...
+
+        def ended(self, status: int, release: Callable[[], None]) -> list[str]:
+            """Tear down; what could not be undone. `status` as a shell reports it. Half-way
+            (what joined the sandbox ended) `release` closes the shim side's descriptors."""
+            ...
+
+
+__all__ = ["Launch", "Reporter", "await_report", "drive", "read_report", "redirect_output", "show_report"]
+
+EXIT_NSRUN_FAILED: Final = 125
+_LOG_TAIL_LINES: Final = 20
+
+
+class Launch:
+    """What the shim side needs of a sandbox set up elsewhere."""
+
+    def __init__(
+        self,
+        plan: ProcessPlan,
+        fds: ShimFds,
+        name: str,
+        readiness: tuple[int, float] | None = None,
+        log: str | None = None,  # a detached sandbox's log
+        warnings: list[str] | None = None,
+        owned: list[int] | None = None,  # descriptors this side holds for the sandbox's life
+    ) -> None:
+        self.plan = plan
+        self.fds = fds
+        self.name = name
+        self.readiness = readiness
+        self.log = log
+        self.warnings = warnings or []
+        self.owned = owned or []
+
+    def release(self) -> None:
+        wire.close_fds(self.owned)
+        self.owned = []
+
+
+class Reporter:
+    """The answer a detached sandbox owes the nsrun that waits for it: said once, then closed."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def send(self, report: dict[str, Any]) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, marshal.dumps(report))
+        except OSError:
+            pass  # the caller is gone: it did not wait for the answer
+        finally:
+            os.close(fd)
+
+
+def read_report(fd: int) -> dict[str, Any]:
+    """What a detached sandbox's process reported (closes `fd`); {} if it said nothing."""
+    with os.fdopen(fd, "rb") as reader:
+        raw = reader.read()
+    try:
+        report = marshal.loads(raw) if raw else {}  # from our own child, over a pipe
+    except (EOFError, ValueError, TypeError):
+        report = {}
+    return report if isinstance(report, dict) else {}
+
+
+def show_report(report: dict[str, Any]) -> int:
+    """In the nsrun that detached a sandbox: print its name once it runs, or why not."""
+    if "name" in report:
+        print(report["name"], flush=True)
+        return 0
+    print(f"nsrun: {report.get('error', 'the sandbox ended before its command started')}", file=sys.stderr)
+    if report.get("log"):
+        print(report["log"], end="" if report["log"].endswith("\n") else "\n", file=sys.stderr)
+    return int(report.get("code", EXIT_NSRUN_FAILED))
+
+
+def await_report(fd: int) -> int:
+    return show_report(read_report(fd))
+
+
+def redirect_output(log_fd: int) -> None:
+    """A detached sandbox: no terminal, output (the command's and nsrun's own) to the log."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+
+
+def _log_tail(path: str | None) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, errors="replace") as source:
+            return "".join(source.readlines()[-_LOG_TAIL_LINES:])
+    except OSError:
+        return ""
+
+
+def _warn(text: str) -> None:
+    print(f"nsrun: warning: {text}", file=sys.stderr)
+
+
+def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
+    """Run the sandbox's shim in this process; its status (or death by its command's signal)."""
+    from nsrun.cli.entry import die_by, pending_signal, take_pending
+    from nsrun.process.readiness import listening
+    from nsrun.process.shim import Shim
+
+    for warning in launch.warnings:
+        _warn(warning)
+    port = launch.readiness[0] if launch.readiness else None
+
+    def started(info: Started) -> None:
+        controller.started(info)
+        if port is None:
+            reporter.send({"name": launch.name})
+
+    shim = Shim(
+        launch.plan,
+        launch.fds,
+        on_started=started,
+        ready=(lambda init: listening(init, port)) if port is not None else None,
+        ready_timeout=launch.readiness[1] if launch.readiness else 0.0,
+        on_ready=(lambda: reporter.send({"name": launch.name})) if port is not None else None,
+        held=take_pending,
+    )
+    try:
+        # a signal that came while it was set up: the command never starts
+        outcome = _interrupted(signum) if (signum := pending_signal()) is not None else shim.run()
+
+        def release() -> None:
+            shim.close()
+            launch.release()
+
+        failures = controller.ended(outcome.exit_code, release)
+    finally:
+        shim.close()
+        launch.release()
+    for failure in failures:
+        _warn(f"{failure} (run `nsrun doctor`)")
+    return _conclude(launch, shim.not_ready, outcome, reporter, die_by)
+
+
+def _interrupted(signum: int) -> Outcome:
+    from nsrun.process.shim import Outcome
+
+    return Outcome(status=signum)  # as if the command had died of it
+
+
+def _conclude(launch: Launch, not_ready: bool, outcome: Outcome, reporter: Reporter, die_by: Any) -> int:
+    failure, code = outcome.failure, outcome.exit_code
+    if not_ready and launch.readiness is not None:
+        port, timeout = launch.readiness
+        failure = f"sandbox {launch.name!r}: port {port} did not listen within {timeout:g}s, so it was stopped"
+        code = EXIT_NSRUN_FAILED
+    if failure is not None:
+        reporter.send({"error": failure, "code": code, "log": _log_tail(launch.log)})
+        print(f"nsrun: {failure}", file=sys.stderr)
+        return code
+    reporter.send({"error": "the command ended before it was ready", "code": code})
+    if (signum := outcome.signal) is not None:
+        die_by(signum)
+    return code

@@ -1,0 +1,385 @@
+"""The `nsrun` command as a thin client of the warm helper. Stdlib only and light (no typing,
+json, socket or signal module: see `nsrun.process.wire`): it starts in a few milliseconds and,
+while its sandbox runs, holds a few megabytes.
+
+It sends its command line, environment, working directory and stdio to the helper; for most
+commands the helper's worker does everything and the client only passes on the exit status. For a
+launch the worker sets the sandbox up and hands it over: this process becomes the sandbox's shim
+(the command stays its child: its terminal, its signals, its exit status), says when the command
+started and ended, and the helper tears down. `Unavailable` means: do it all in this process.
+"""
+
+from __future__ import annotations
+
+import _socket
+import fcntl
+import marshal
+import os
+import select
+import struct
+import sys
+import time
+
+from nsrun.helper.protocol import LOCK_NAME, LOG_NAME, SOCKET_NAME, Channel, version
+from nsrun.process import signals, wire
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
+
+    from nsrun.process.shim import Started
+
+__all__ = ["ENV_HELPER", "RUN_DIR", "Unavailable", "helper_wanted", "run_through_helper", "start_helper"]
+
+RUN_DIR: Final = "/run/nsrun"
+# NSRUN_HELPER=off: every command in its own process, never through the warm helper
+ENV_HELPER: Final = "NSRUN_HELPER"
+_HELPER_OFF: Final = frozenset({"off", "0", "no", "false"})
+_RETRY_AFTER_FAILURE: Final = 60.0
+_ENV_IDLE: Final = "NSRUN_HELPER_IDLE"  # passed on to the helper it starts
+_SO_PEERCRED_FORMAT: Final = "3i"
+_HELPER_BOOT: Final = (
+    "import sys; sys.path[:0] = sys.argv[1:]; del sys.argv[1:]; "
+    "import runpy; runpy.run_module('nsrun.helper', run_name='__main__')"
+)
+
+
+class Unavailable(Exception):  # noqa: N818  # not an error: the in-process path takes over
+    pass
+
+
+def _connect(path: str) -> wire.Socket | None:
+    sock = wire.unix_socket()
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT))
+    if struct.unpack(_SO_PEERCRED_FORMAT, raw)[1] != 0:
+        sock.close()  # only root's helper is trusted with root's commands
+        return None
+    return sock
+
+
+def _helper_starting(run_dir: str) -> bool:
+    """Whether a helper holds its lock: it runs, or is loading its modules."""
+    try:
+        fd = os.open(os.path.join(run_dir, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def start_helper(run_dir: str = RUN_DIR) -> None:
+    """Start a helper in the background (unless one runs or starts), for the commands that come
+    next: called once a launch in-process has set its sandbox up, so that a command line that
+    fails starts nothing. It is not started for NSRUN_HELPER=off, nor by anyone but root."""
+    if os.geteuid() != 0 or not helper_wanted() or _helper_starting(run_dir) or _failed_lately(run_dir):
+        return
+    try:
+        _spawn_helper()
+    except OSError:
+        pass  # the next command runs in-process too, and tries again
+
+
+def _failed_lately(run_dir: str) -> bool:
+    """A helper failed in the last minute (it says why in helper.log): not again so soon."""
+    try:
+        return time.time() - os.stat(os.path.join(run_dir, LOG_NAME)).st_mtime < _RETRY_AFTER_FAILURE
+    except OSError:
+        return False
+
+
+def helper_wanted() -> bool:
+    return os.environ.get(ENV_HELPER, "").strip().lower() not in _HELPER_OFF
+
+
+def _spawn_helper() -> None:
+    """Start a helper in the background, in a session of its own, with this nsrun's modules."""
+    import subprocess
+
+    import nsrun
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nsrun.__file__)))
+    cwd = os.getcwd()
+    # this process's module path, less the script's directory or working directory it starts with
+    path = [package_parent, *(p for p in sys.path[1:] if os.path.isabs(p) and p != cwd)]
+    subprocess.Popen(  # nsrun's own helper, argv as a list
+        [sys.executable, "-I", "-S", "-c", _HELPER_BOOT, *path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        env={"PATH": os.environ.get("PATH", os.defpath)} | {k: v for k, v in os.environ.items() if k == _ENV_IDLE},
+        start_new_session=True,
+        close_fds=True,
+    )
+
+
+def connect(run_dir: str = RUN_DIR) -> Channel:
+    """A connection to the running helper; Unavailable if none runs (the command runs in-process,
+    and a launch starts one for the commands that come next)."""
+    sock = _connect(os.path.join(run_dir, SOCKET_NAME))
+    if sock is None:
+        raise Unavailable("no helper runs")
+    return Channel(sock)
+
+
+class _Waiter:
+    """Waits for the helper's answer; a signal meanwhile asks it to undo the set-up."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.aborted: int | None = None
+
+    def receive(self) -> tuple[dict[str, Any] | None, list[int]]:
+        from nsrun.cli.entry import pending_signal
+
+        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous = signals.set_wakeup_fd(wake_write)
+        try:
+            while True:
+                if (signum := pending_signal()) is not None and self.aborted is None:
+                    self.aborted = signum
+                    try:
+                        self.channel.send({"abort": signum})
+                    except OSError:
+                        pass  # the helper is gone: its answer (none) says so
+                ready, _, _ = select.select([self.channel.fileno(), wake_read], [], [])
+                if self.channel.fileno() in ready:
+                    return self.channel.receive()
+                try:
+                    os.read(wake_read, 64)
+                except BlockingIOError:
+                    pass
+        finally:
+            signals.set_wakeup_fd(previous)
+            os.close(wake_read)
+            os.close(wake_write)
+
+
+class _HelperController:
+    """The helper set the sandbox up: tell it when the command started and ended."""
+
+    def __init__(self, channel: Channel, sandbox_id: str, *, entry: bool) -> None:
+        self.channel = channel
+        self.sandbox_id = sandbox_id
+        self.entry = entry
+        self.lost = False
+        self.ran = False
+
+    def _ask(self, message: dict[str, Any]) -> dict[str, Any] | None:
+        if self.lost:
+            return None
+        try:
+            self.channel.send(message)
+        except OSError:
+            self.lost = True
+            return None
+        return self._answer()
+
+    def _answer(self) -> dict[str, Any] | None:
+        try:
+            answer, fds = self.channel.receive()
+        except OSError:
+            answer, fds = None, []
+        wire.close_fds(fds)
+        if answer is None:
+            self.lost = True
+        return answer
+
+    def started(self, info: Started) -> None:
+        self.ran = True
+        data = {
+            "id": self.sandbox_id,
+            "init_pid": info.init_pid,
+            "command_pid": info.command_pid,
+            "namespaces": info.namespace_fds,
+            "entry": self.entry,
+        }
+        answer = self._ask({"started": data})
+        if answer is None:
+            self._fallback_started(info)
+
+    def ended(self, status: int, release: Callable[[], None]) -> list[str]:
+        answer = self._ask({"ended": {"status": status, "ran": self.ran}})
+        if answer is not None and "release" in answer:
+            release()  # what joined the sandbox is ended: the namespaces may go
+            answer = self._answer()
+        if answer is not None:
+            return [str(failure) for failure in answer.get("done", [])]
+        return self._fallback_teardown(status, release)
+
+    # without the helper (it died meanwhile): this process loads what it takes, only now
+    def _record(self) -> Any:
+        from nsrun.launch.records import registry
+        from nsrun.state.paths import StateDirs
+
+        records = registry(StateDirs()).all_records()
+        return next((r for r in records if r.sandbox_id == self.sandbox_id and r.pid == os.getpid()), None)
+
+    def _fallback_started(self, info: Started) -> None:
+        from nsrun.launch.records import note_started
+        from nsrun.state.paths import StateDirs
+
+        record = self._record()
+        if record is not None:
+            note_started(StateDirs(), record, info)
+
+    def _fallback_teardown(self, status: int, release: Callable[[], None]) -> list[str]:
+        from nsrun.errors import NsrunError
+        from nsrun.launch.teardown import teardown_sandbox
+        from nsrun.state.logbook import LogBook
+        from nsrun.state.paths import StateDirs
+
+        record = self._record()
+        failures = teardown_sandbox(StateDirs(), record, pinned=True, release=release) if record is not None else []
+        if self.entry:
+            try:
+                logbook = LogBook(StateDirs())
+                if self.ran:
+                    logbook.ended(self.sandbox_id, status)
+                else:
+                    logbook.remove(self.sandbox_id)
+            except NsrunError as err:
+                failures.append(str(err))
+        return failures
+
+
+def _request(argv: list[str], *, detached: bool) -> dict[str, Any]:
+    umask = os.umask(0)
+    os.umask(umask)
+    return {
+        "version": version(),
+        "argv": argv,
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "umask": umask,
+        "detached": detached,
+    }
+
+
+def _launch(channel: Channel, info: dict[str, Any], fds: list[int], report: int | None) -> int:
+    from nsrun.cli.drive import Launch, Reporter, drive, redirect_output
+    from nsrun.process.plan import ProcessPlan
+    from nsrun.process.shim import ShimFds
+
+    if info.get("log") and fds:
+        redirect_output(fds.pop())  # a detached sandbox writes to its log
+    # the netns first (if it has one), then the published ports' sockets: held for the sandbox's life
+    netns = fds[0] if info.get("netns") and fds else None
+    readiness = info.get("readiness")
+    launch = Launch(
+        plan=ProcessPlan.from_dict(info["plan"]),
+        fds=ShimFds(netns=netns),
+        name=str(info["name"]),
+        readiness=(int(readiness[0]), float(readiness[1])) if readiness else None,
+        log=info.get("log"),
+        warnings=[str(w) for w in info.get("warnings", [])],
+        owned=fds,
+    )
+    controller = _HelperController(channel, str(info["id"]), entry=bool(info.get("entry")))
+    return drive(launch, controller, Reporter(report))
+
+
+def _detach(argv: list[str]) -> int:
+    """The sandbox's shim must outlive this process: a child of its own, in a new session, asks
+    again; this one waits for its report."""
+    from nsrun.cli.drive import read_report, show_report
+
+    report_read, report_write = os.pipe()
+    if os.fork() == 0:
+        os.close(report_read)
+        os.setsid()
+        status = 125
+        try:
+            status = _serve(argv, detached=True, report=report_write)
+        except Unavailable:
+            os.write(report_write, marshal.dumps({"fallback": True}))  # the helper went away: the parent runs it
+        finally:
+            os._exit(status)
+    os.close(report_write)
+    report = read_report(report_read)
+    if report.get("fallback"):
+        raise Unavailable("the helper went away")
+    return show_report(report)
+
+
+def _load_shim() -> None:
+    """While the helper works: load what running a sandbox takes, in case it is a launch."""
+    import nsrun.cli.drive
+    import nsrun.process.readiness
+    import nsrun.process.shim  # noqa: F401  # loaded, not used yet
+
+
+def _ask(argv: list[str], *, detached: bool) -> tuple[Channel, dict[str, Any], list[int], int | None]:
+    """Send the command line; the helper's answer (and the signal that aborted its set-up, if
+    one came meanwhile). Unavailable whenever the helper cannot be used, whatever the reason:
+    nothing has run yet, so the command line runs in-process instead."""
+    channel = connect()
+    try:
+        channel.send(_request(argv, detached=detached), [0, 1, 2])
+        _load_shim()
+        waiter = _Waiter(channel)
+        message, fds = waiter.receive()
+    except Exception as err:  # a closed stdio descriptor, a helper that just went away
+        channel.close()
+        raise Unavailable(str(err)) from err
+    if message is None or "fallback" in message:
+        channel.close()
+        wire.close_fds(fds)
+        if message is None:
+            _reclaim_own()
+        raise Unavailable(str(message.get("fallback") if message else "the helper went away"))
+    return channel, message, fds, waiter.aborted
+
+
+def _reclaim_own() -> None:
+    """The helper went away while it set a sandbox up for this process: what it made (held in
+    this process's name) goes before the command line runs in-process."""
+    from nsrun.errors import NsrunError
+    from nsrun.launch.records import registry
+    from nsrun.launch.teardown import teardown_sandbox
+    from nsrun.state.paths import StateDirs
+
+    dirs = StateDirs()
+    try:
+        records = [record for record in registry(dirs).all_records() if record.pid == os.getpid()]
+        for record in records:
+            teardown_sandbox(dirs, record, pinned=False)
+    except NsrunError:
+        pass  # what is left is reclaimed once this process has ended
+
+
+def _serve(argv: list[str], *, detached: bool, report: int | None = None) -> int:
+    from nsrun.cli.entry import die_by
+
+    channel, message, fds, aborted = _ask(argv, detached=detached)
+    try:
+        if "exit" in message:
+            if aborted is not None:
+                die_by(aborted)
+            if report is not None:
+                os.write(report, marshal.dumps({"error": "the command line was not a launch", "code": 2}))
+            return int(message["exit"])
+        if "detach" in message:
+            return _detach(argv)
+        if "launch" in message:
+            return _launch(channel, message["launch"], fds, report)
+        wire.close_fds(fds)
+        raise Unavailable(f"an answer nsrun does not know: {sorted(message)}")
+    finally:
+        channel.close()
+
+
+def run_through_helper(argv: list[str]) -> int:
+    """Run this command line through the helper; its exit status. Unavailable: run it here."""
+    return _serve(argv, detached=False)

@@ -1,0 +1,71 @@
+"""The warm helper's protocol: marshalled dicts over a SOCK_SEQPACKET unix socket, descriptors
+beside them (`nsrun.process.wire`). Light: the client imports it on every launch.
+
+    client -> helper   {"version", "argv", "env", "cwd", "umask", "detached"} + its stdin, stdout, stderr
+    helper -> client   {"exit": N}                                   a command that is not a launch ran
+                       {"fallback": why}                             run in-process instead
+                       {"detach": true}                              fork, then ask again from the child
+                       {"launch": {...}} + netns fd, port sockets    be the sandbox's shim
+    client -> helper   {"abort": signum}                             while it sets up: undo, then {"exit"}
+                       {"started": {...}}  -> {"ok": true}           the command runs
+                       {"ended": {...}}    -> {"done": [failures]}   it ended: tear down
+    EOF from the client before "ended" (it was killed) is a teardown too.
+A client of another nsrun (or another Python: marshal's format is the interpreter's) is told to
+fall back before its request is acted on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from nsrun.process import wire
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+__all__ = ["LOCK_NAME", "LOG_NAME", "SOCKET_NAME", "Channel", "version"]
+
+SOCKET_NAME: Final = "helper.sock"
+LOCK_NAME: Final = "helper.lock"
+LOG_NAME: Final = "helper.log"  # what the running helper says (its errors)
+
+
+def version() -> str:
+    """Client and helper must run the very same nsrun on the same Python: its version, where it
+    is installed, when its code last changed (an upgrade, or an edit of a checkout, retires a
+    running helper) and the interpreter's."""
+    import nsrun
+
+    package = os.path.dirname(nsrun.__file__)
+    newest = 0
+    for folder, _dirs, files in os.walk(package):
+        for name in files:
+            if name.endswith(".py"):
+                newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
+    return f"{nsrun.__version__} {package} {newest} {sys.version}"
+
+
+class Channel:
+    """One connection: whole messages in, whole messages out."""
+
+    def __init__(self, sock: wire.Socket) -> None:
+        self.sock = sock
+
+    def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        wire.send(self.sock, message, fds)
+
+    def receive(self) -> tuple[dict[str, Any] | None, list[int]]:
+        """The next message and its descriptors; (None, []) at the end of the connection (or for
+        anything that is not a message of ours: the connection is as good as gone)."""
+        try:
+            return wire.receive(self.sock)
+        except wire.WireError:
+            return None, []
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,231 @@
+"""One request, in a worker the helper forks for it: the client's stdio, environment, working
+directory and umask become the worker's, and the ordinary command line runs. A launch is set up
+here with the client as the sandbox's holder, then handed over (plan and descriptors); the worker
+ends and the helper keeps watching the client's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+from nsrun.helper.protocol import Channel
+from nsrun.process import wire
+
+if TYPE_CHECKING:
+    from nsrun.launch.request import SandboxRequest
+    from nsrun.state.paths import StateDirs
+
+__all__ = ["HANDED_OVER", "handle_request", "prepare", "record_started", "teardown"]
+
+HANDED_OVER: Final = 3  # the worker's exit status when the client now runs a sandbox
+_TEARDOWN_FAILED: Final = 4
+
+
+class _Handover(BaseException):  # not an error: how a launch leaves the command line (past its handlers)
+    pass
+
+
+class _Launcher:
+    """Stands in for the command line's own launch: sets up here, hands over to the client."""
+
+    def __init__(self, channel: Channel, client_pid: int, *, detached: bool) -> None:
+        self.channel = channel
+        self.client_pid = client_pid
+        self.detached = detached
+
+    def checkpoint(self) -> None:
+        """Set-up asks between its steps: the client sends {"abort": N} when it got signal N."""
+        from nsrun.cli.entry import Interrupted
+
+        try:
+            data = self.channel.sock.recv(4096, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        if not data:
+            raise Interrupted(9)  # the client is gone
+        message, _ = self.channel.receive()
+        if message and "abort" in message:
+            raise Interrupted(int(message["abort"]))
+
+    def __call__(self, request: SandboxRequest, readiness: tuple[int, float] | None, detach: bool) -> int:
+        from nsrun.cli.entry import Interrupted
+        from nsrun.launch.sandbox import Holder, Sandbox
+        from nsrun.state.logbook import LogBook, LogEntry
+
+        if detach and not self.detached:
+            # the sandbox's shim must be a process of its own: the client forks, its child asks again
+            self.channel.send({"detach": True})
+            raise _Handover
+
+        sandbox = Sandbox(request, holder=Holder.of(self.client_pid), checkpoint=self.checkpoint)
+        logbook = LogBook(sandbox.dirs)
+        entry = None
+        if self.detached or request.name is not None:
+            entry = LogEntry(sandbox.sandbox_id, sandbox.name, request.argv, time.time(), logged=self.detached)
+        log_fd = logbook.open_log(sandbox.sandbox_id) if self.detached else None
+        try:
+            sandbox.setup()
+            if entry is not None:
+                logbook.record(entry)
+        except (Interrupted, Exception):
+            if log_fd is not None:
+                os.close(log_fd)
+                logbook.remove(sandbox.sandbox_id)
+            raise
+        plan = sandbox.plan.to_dict() if sandbox.plan is not None else {}
+        launch: dict[str, Any] = {
+            "id": sandbox.sandbox_id,
+            "name": sandbox.name,
+            "plan": plan,
+            "netns": sandbox.netns_fd is not None,
+            "readiness": list(readiness) if readiness else None,
+            "log": str(logbook.log_path(sandbox.sandbox_id)) if log_fd is not None else None,
+            "entry": entry is not None,
+            "warnings": list(sandbox.warnings),
+        }
+        fds = sandbox.handoff_fds() + ([log_fd] if log_fd is not None else [])
+        try:
+            self.channel.send({"launch": launch}, fds)
+        except OSError:
+            self._abandon(sandbox, logbook, entry)
+        sandbox.close()
+        raise _Handover
+
+    @staticmethod
+    def _abandon(sandbox: Any, logbook: Any, entry: Any) -> NoReturn:
+        """The client went away before it got its sandbox: nothing of that stays."""
+        from nsrun.errors import NsrunError
+
+        with contextlib.suppress(NsrunError):
+            sandbox.teardown()
+        if entry is not None:
+            with contextlib.suppress(NsrunError):
+                logbook.remove(sandbox.sandbox_id)
+        os._exit(0)
+
+
+def prepare() -> None:
+    """What a process pays for on first use, paid while it waits as a spare: pyroute2's event loop
+    and libnftables' context (kept per process), page faults of the code a job runs."""
+
+    from nsrun.errors import NsrunError
+    from nsrun.firewall.nftables import open_nftables
+    from nsrun.net import netlink
+
+    with contextlib.suppress(NsrunError, OSError), contextlib.closing(netlink.IPRoute()) as ipr:
+        netlink.link_exists(ipr, "lo")
+    with contextlib.suppress(NsrunError, OSError):
+        open_nftables()
+
+
+def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any], fds: list[int]) -> NoReturn:
+    """The worker's whole life: run the request, answer, exit (HANDED_OVER after a launch)."""
+    from nsrun.cli import run
+    from nsrun.cli.app import run_cli
+    from nsrun.cli.entry import Interrupted
+
+    channel = Channel(sock)
+
+    for fd, target in zip(fds, (0, 1, 2), strict=False):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
+    try:
+        os.chdir(str(request.get("cwd", "/")))
+    except OSError:
+        os.chdir("/")
+    os.umask(int(request.get("umask", 0o022)))
+    launcher = _Launcher(channel, client_pid, detached=bool(request.get("detached")))
+    run.LAUNCHER = launcher
+    status = 0
+    handed_over = False
+    try:
+        status = run_cli([str(word) for word in request.get("argv", [])])
+    except _Handover:
+        handed_over = True
+    except Interrupted as interrupt:
+        status = 128 + interrupt.signum  # the set-up was undone; the client dies of that signal
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if handed_over:
+        os._exit(HANDED_OVER)
+    try:
+        channel.send({"exit": status})
+    finally:
+        os._exit(0)
+
+
+def teardown(connection: wire.Socket, dirs: StateDirs, client_pid: int, job: dict[str, Any]) -> list[str]:
+    """The record-driven teardown of one sandbox the client held, in a worker of the helper:
+    half-way the client is told to release its descriptors (unless it is gone already)."""
+    from nsrun.errors import NsrunError
+    from nsrun.launch.teardown import finish_teardown, release_namespaces
+    from nsrun.state.logbook import LogBook
+
+    if job.get("sandbox") is None:
+        return _reclaim_dead_client(dirs, client_pid)
+    sandbox_id, status, pinned = str(job["sandbox"]), job.get("status"), bool(job.get("pinned"))
+    failures: list[str] = []
+    try:
+        record = _record_of(dirs, sandbox_id, client_pid)
+    except NsrunError:
+        record = None  # already torn down (or reclaimed): nothing of it left
+    if record is not None:
+        failures += release_namespaces(dirs, record, pinned=pinned)
+    if pinned:
+        with contextlib.suppress(OSError):  # the client died meanwhile: its descriptors closed with it
+            wire.send(connection, {"release": True})
+    if record is not None:
+        failures += finish_teardown(dirs, record)
+    if job.get("entry") and isinstance(status, int):
+        try:
+            if job.get("ran", True):
+                LogBook(dirs).ended(sandbox_id, status)
+            else:
+                LogBook(dirs).remove(sandbox_id)  # interrupted before it ran: nothing kept
+        except NsrunError as err:
+            failures.append(str(err))
+    return failures
+
+
+def _reclaim_dead_client(dirs: StateDirs, client_pid: int) -> list[str]:
+    """A client died after it got its sandbox and before it said which one was running: what it
+    held (its records, stale now that it is gone) is torn down."""
+    from nsrun.launch.records import is_stale, registry
+    from nsrun.launch.teardown import teardown_sandbox
+
+    failures: list[str] = []
+    for record in registry(dirs).all_records():
+        if record.pid == client_pid and is_stale(record):
+            failures += teardown_sandbox(dirs, record, pinned=False)
+    return failures
+
+
+def _record_of(dirs: StateDirs, sandbox_id: str, holder: int) -> Any:
+    """The record of a sandbox the asking client holds; NsrunError for anything else."""
+    from nsrun.errors import NsrunError
+    from nsrun.launch.records import registry
+
+    record = next((r for r in registry(dirs).all_records() if r.sandbox_id == sandbox_id), None)
+    if record is None or record.pid != holder:
+        raise NsrunError(f"sandbox {sandbox_id}", "no sandbox of this client has that id", "run `nsrun doctor`")
+    return record
+
+
+def record_started(dirs: StateDirs, client_pid: int, info: dict[str, Any]) -> None:
+    """The client's command runs: note it in its sandbox's record."""
+    from nsrun.launch.records import note_started
+    from nsrun.process.shim import Started
+
+    record = _record_of(dirs, str(info["id"]), client_pid)
+    namespaces = {str(kind): int(fd) for kind, fd in dict(info["namespaces"]).items()}
+    note_started(dirs, record, Started(int(info["init_pid"]), int(info["command_pid"]), namespaces))

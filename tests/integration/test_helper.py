@@ -1,0 +1,208 @@
+"""The warm helper: launches go through it once it runs, and every way it can be missing, broken,
+stale, of another version or killed still ends in a launch that works (or fails cleanly) and
+leaves nothing. Each test in its own world, where the helper is the world's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.world import SYSTEM_PYTHON
+
+if TYPE_CHECKING:
+    from tests.world import World
+
+pytestmark = pytest.mark.privileged
+
+HELPER_MARK = "nsrun.helper"
+
+
+def helper_pids(world: World) -> list[int]:
+    return world.own_pids(HELPER_MARK)
+
+
+def start_helper(world: World) -> None:
+    assert world.nsrun("--", "true").returncode == 0  # the first launch runs in-process, then starts it
+    world.wait_for(world.helper_running, what="the helper")
+
+
+def running(world: World, marker: str) -> dict[str, object] | None:
+    """The record of the sandbox whose command (`marker`) runs, once it does."""
+    sandboxes = json.loads(world.nsrun("ls", "--json").stdout)
+    return next((s for s in sandboxes if marker == " ".join(s["command"]) and s["child_pid"]), None)
+
+
+def client_maps(world: World, marker: str) -> str:
+    """The memory map of the nsrun process (the client) whose sandbox runs `marker`."""
+    world.wait_for(lambda: running(world, marker), what=marker)
+    record = running(world, marker)
+    assert record is not None
+    return Path(f"/proc/{record['pid']}/maps").read_text()
+
+
+def test_a_launch_goes_through_the_helper_once_it_runs(world: World) -> None:
+    assert not world.helper_running()
+    start_helper(world)
+    proc = world.nsrun_popen("--", "sleep", "30.101")
+    # the client is a thin one: the set-up (which loads libnftables) was the helper's
+    assert "libnftables" not in client_maps(world, "sleep 30.101")
+    world.env["NSRUN_HELPER"] = "off"
+    in_process = world.nsrun_popen("--", "sleep", "30.102")
+    assert "libnftables" in client_maps(world, "sleep 30.102")
+    in_process.send_signal(signal.SIGTERM)
+    in_process.wait(timeout=20)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    world.wait_for(lambda: not [n for n in world.links() if n.startswith("nsv")], what="no veth")
+
+
+def test_the_helper_path_does_what_the_in_process_path_does(world: World) -> None:
+    start_helper(world)
+    server = world.wan_server()
+    results = {}
+    for helper in ("on", "off"):
+        world.env["NSRUN_HELPER"] = helper
+        result = world.nsrun("--", *world.client_argv())
+        assert result.returncode == 0, result.stderr
+        results[helper] = result.stdout.strip()
+        assert world.nsrun("--", "sh", "-c", "exit 7").returncode == 7
+        assert world.nsrun("--name", "n1", "--", "hostname").stdout.strip() == "n1"
+    assert results["on"] == results["off"] == "203.0.113.1"  # masqueraded behind the uplink
+    server.kill()
+
+
+def test_with_the_helper_off_none_is_started(world: World) -> None:
+    world.env["NSRUN_HELPER"] = "off"
+    for _ in range(2):
+        assert world.nsrun("--", "true").returncode == 0
+    time.sleep(0.5)
+    assert not world.helper_running()
+    assert not helper_pids(world)
+
+
+def test_bad_input_starts_no_helper(world: World) -> None:
+    assert world.nsrun("--ip", "192.0.2.5", "--", "true").returncode == 2
+    assert world.nsrun("--net", "bogus", "--", "true").returncode == 2
+    assert world.nsrun("network", "ls").returncode == 0  # not a launch
+    time.sleep(0.5)
+    assert not world.helper_running()
+    assert not helper_pids(world)
+
+
+def test_a_stale_socket_is_replaced(world: World) -> None:
+    # a helper that died by SIGKILL leaves its socket file behind
+    world.run("mkdir", "-p", "/run/nsrun")
+    stale = "import socket; s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.bind('/run/nsrun/helper.sock')"
+    assert world.run(sys.executable, "-c", stale).returncode == 0
+    assert world.run("test", "-S", "/run/nsrun/helper.sock").returncode == 0
+    assert world.nsrun("--", "true").returncode == 0  # nobody answers: in-process
+    world.wait_for(lambda: bool(helper_pids(world)), what="a new helper")
+    assert world.nsrun("--", "true").returncode == 0
+
+
+def test_a_helper_of_another_version_is_not_used_and_retires(world: World, host_dir: Path) -> None:
+    # the same code from another place is another nsrun as far as the helper check goes
+    other = host_dir / "other"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "nsrun", other / "nsrun")
+    boot = (
+        f"import sys, runpy; sys.path.insert(0, {str(other)!r}); runpy.run_module('nsrun.helper', run_name='__main__')"
+    )
+    old = world.popen(sys.executable, "-c", boot, env=world.env | {"NSRUN_HELPER_IDLE": "600"})
+    world.wait_for(world.helper_running, what="the other helper")
+    result = world.nsrun("--", "sh", "-c", "echo ran")
+    assert result.returncode == 0
+    assert result.stdout == "ran\n"
+    old.wait(timeout=20)  # told it is not current, it leaves at once
+    world.wait_for(lambda: bool(helper_pids(world)), what="a current helper")
+
+
+@pytest.mark.parametrize("moment", [0.0, 0.01, 0.02, 0.04])
+def test_a_helper_killed_mid_launch_leaves_nothing(world: World, moment: float) -> None:
+    start_helper(world)
+    assert world.nsrun("--", "true").returncode == 0
+    before = world.snapshot()
+    proc = world.nsrun_popen("--", "sh", "-c", "echo ran")
+    time.sleep(moment)
+    for pid in helper_pids(world):  # the helper and its workers
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err  # the launch still succeeds: in-process if it must
+    assert out == "ran\n"
+    assert "Traceback" not in err
+    assert world.nsrun("--", "true").returncode == 0  # reclaims whatever a killed worker left
+    try:
+        world.wait_for(lambda: world.snapshot() == before, what="nothing left")
+    except AssertionError:
+        after = world.snapshot()
+        raise AssertionError({k: (before[k], after[k]) for k in before if before[k] != after[k]}) from None
+
+
+def test_a_client_killed_is_torn_down_by_the_helper(world: World) -> None:
+    start_helper(world)
+    assert world.nsrun("-p", "8080", "--", "true").returncode == 0  # the ports chain, made once
+    before = world.snapshot()
+    proc = world.nsrun_popen("-p", "8080", "--", "sleep", "60")
+    world.wait_for(lambda: len(json.loads(world.nsrun("ls", "--json").stdout)) == 1, what="the sandbox")
+    os.kill(proc.pid, signal.SIGKILL)  # nsenter execs nsrun: this is nsrun itself
+    proc.wait()
+    # no other nsrun runs: the helper saw the connection drop and tore the sandbox down
+    try:
+        world.wait_for(lambda: world.snapshot() == before, what="nothing left")
+    except AssertionError:
+        after = world.snapshot()
+        raise AssertionError({k: (before[k], after[k]) for k in before if before[k] != after[k]}) from None
+    assert not world.pids_running("sleep 60")
+
+
+def test_the_helper_exits_when_idle(world: World) -> None:
+    world.env["NSRUN_HELPER_IDLE"] = "1"
+    start_helper(world)
+    world.wait_for(lambda: not world.helper_running() and not helper_pids(world), timeout=15, what="it to exit")
+    assert world.nsrun("--", "true").returncode == 0  # in-process again, and a new one starts
+
+
+def test_doctor_says_whether_the_helper_runs(world: World) -> None:
+    assert "warm helper" in world.nsrun("doctor").stdout
+    start_helper(world)
+    line = next(line for line in world.nsrun("doctor").stdout.splitlines() if "warm helper" in line)
+    assert line.startswith("ok")
+    assert "pid" in line
+
+
+CONFINED_CLIENT = textwrap.dedent("""
+    import marshal, socket, sys
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("/run/nsrun/helper.sock")
+    request = {"version": sys.argv[1], "argv": ["--privileged", "--", "touch", sys.argv[2]],
+               "env": {"PATH": "/usr/bin:/bin"}, "cwd": "/", "umask": 18, "detached": False}
+    socket.send_fds(s, [marshal.dumps(request)], [0, 1, 2])
+    print(marshal.loads(s.recv(65536)))
+""")
+
+
+def test_a_confined_root_in_a_sandbox_cannot_use_the_helper(world: World, host_dir: Path) -> None:
+    start_helper(world)
+    version = world.run(
+        sys.executable, "-c", "from nsrun.helper.protocol import version; print(version())"
+    ).stdout.strip()
+    target = host_dir / "escaped"
+    # root in a sandbox keeps CAP_DAC_OVERRIDE (Docker's set): the socket's mode alone would let it in
+    result = world.nsrun("--", SYSTEM_PYTHON, "-c", CONFINED_CLIENT, version, str(target))
+    assert result.returncode == 0, result.stderr
+    assert "fallback" in result.stdout
+    assert "namespace" in result.stdout  # its own mount and PID namespaces
+    time.sleep(0.5)
+    assert not target.exists()
+    # and nsrun itself, run there, says it needs the host's root
+    inner = world.nsrun("--", sys.executable, "-m", "nsrun", "--", "true")
+    assert inner.returncode == 125
+    assert "CAP_SYS_ADMIN" in inner.stderr
