@@ -58,7 +58,15 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
         ports = ",".join(str(parse_publish(spec)) for spec in r.ports) or "-"
         addresses = ",".join(r.addresses) or "-"
         rows.append(
-            (r.name, str(r.child_pid or r.pid), r.network, addresses, ports, command, _age(time.time() - r.created))
+            (
+                r.name,
+                "-" if r.attached else str(r.child_pid or r.pid),
+                r.network,
+                addresses,
+                ports,
+                command,
+                _age(time.time() - r.created),
+            )
         )
     print_table(rows)
 

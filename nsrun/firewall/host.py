@@ -10,9 +10,14 @@ from nsrun.errors import NsrunError
 from nsrun.firewall.base import open_backend
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
     from nsrun.firewall.base import ForwardCoexistence
     from nsrun.firewall.portguard import PortGuard
     from nsrun.firewall.rules import ForeignChain, NetworkRules, PortRules
+
+    Lock = Callable[[], AbstractContextManager[None]]  # the firewall lock, taken when called
 
 __all__ = [
     "addresses_in_use",
@@ -79,9 +84,10 @@ def publish_ports(backend: str, ports: PortRules) -> None:
     open_backend(backend).add_ports(ports)
 
 
-def guard_port(backend: str, guard: PortGuard) -> bool:
+def guard_port(backend: str, guard: PortGuard, lock: Lock) -> bool:
     """Filter what the sandbox sends into its bridge (nftables' bridge family, whatever the
-    network's backend: ebtables has no Python binding); False where nf_tables is unavailable."""
+    network's backend: ebtables has no Python binding); False where nf_tables is unavailable.
+    Under `lock` (the firewall lock): the last filter's removal takes the table along."""
     if backend == "none":
         return False
     from nsrun.firewall.nftables import NftablesBackend
@@ -90,7 +96,8 @@ def guard_port(backend: str, guard: PortGuard) -> bool:
         nft = NftablesBackend()
     except NsrunError:
         return False
-    nft.add_port_guard(guard)
+    with lock():
+        nft.add_port_guard(guard)
     return True
 
 
@@ -122,15 +129,23 @@ def sandbox_rules_present(backend: str) -> tuple[set[str] | None, set[str]]:
     return guards, published
 
 
-def remove_sandbox_rules(sandbox_id: str) -> None:
+def remove_sandbox_rules(sandbox_id: str, *, published: bool = True, lock: Lock | None = None) -> None:
     """Remove a sandbox's own rules (published ports, its bridge-port filter) wherever they are:
-    a stale sandbox's backend is not recorded."""
+    a stale sandbox's backend is not recorded. `published=False`: it published no port (its
+    record says so), which spares reading every published port's rule. With `lock` (the
+    firewall lock), the bridge table goes with the last filter."""
     with contextlib.suppress(NsrunError):
         from nsrun.firewall.nftables import NftablesBackend
 
         nft = NftablesBackend()
-        nft.remove_ports(sandbox_id)
         nft.remove_port_guard(sandbox_id)
+        if lock is not None:
+            with lock():
+                nft.remove_port_guards_if_unused()
+        if published:
+            nft.remove_ports(sandbox_id)
+    if not published:
+        return
     from nsrun.firewall.iptables import legacy_table_in_use
 
     if legacy_table_in_use("nat"):

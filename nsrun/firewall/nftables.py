@@ -10,6 +10,7 @@ Every rule carries the comment `nsrun:NAME`. Each change is one atomic transacti
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import NsrunError
-from nsrun.firewall.portguard import BRIDGE_FAMILY, BRIDGE_TABLE
+from nsrun.firewall.portguard import BRIDGE_FAMILY, BRIDGE_TABLE, DISPATCH, PORTS_MAP, removal_script
 from nsrun.firewall.portguard import PREROUTING as PORTGUARD_PREROUTING
 from nsrun.firewall.rules import (
     COMMENT_PREFIX,
@@ -169,7 +170,11 @@ class NftablesBackend:
     # -- one sandbox's bridge port (table bridge nsrun) -----------------------------------------
 
     def add_port_guard(self, guard: PortGuard) -> None:
+        """The sandbox's chain and map entry; the table and its dispatch too where missing (the
+        first sandbox, or after a flush)."""
         rc, _, error = self._nft.cmd(guard.script())
+        if rc != 0:
+            rc, _, error = self._nft.cmd(guard.script(with_table=True))
         if rc != 0:
             raise NsrunError(
                 f"filtering what sandbox {guard.sandbox_id} sends on its bridge",
@@ -178,7 +183,14 @@ class NftablesBackend:
             )
 
     def remove_port_guard(self, sandbox_id: str) -> None:
-        """Remove the sandbox's bridge-port chain and its jump; with the last one, the table."""
+        """Remove the sandbox's bridge-port chain and its entry in the map: by name, one
+        transaction. Where that fails (nsrun 0.2's jump rule; a half-made filter) what the
+        listing shows of it goes."""
+        rc, _, _ = self._nft.cmd(removal_script(sandbox_id))
+        if rc != 0:
+            self._remove_listed_port_guard(sandbox_id)
+
+    def _remove_listed_port_guard(self, sandbox_id: str) -> None:
         comment = SANDBOX_COMMENT_PREFIX + sandbox_id
         items = self._list(
             {"list": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}},
@@ -200,9 +212,29 @@ class NftablesBackend:
                 {"delete": {"chain": {**bridge, "name": chain}}},
             ]
         if chains and chains <= {PORTGUARD_PREROUTING, chain}:
+            # nsrun 0.2's layout, its last sandbox: no table of nsrun's is left behind
             commands = [{"delete": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}}]
         if commands:
             self._run(commands, f"removing the bridge-port filter of sandbox {sandbox_id}")
+
+    def remove_port_guards_if_unused(self) -> None:
+        """With the last sandbox's filter gone, the table goes too (call under the firewall lock,
+        which every filter's addition holds: none can come between the look and the delete)."""
+        bridge = {"family": BRIDGE_FAMILY, "table": BRIDGE_TABLE}
+        query = {"list": {"map": {**bridge, "name": PORTS_MAP}}}
+        items = self._list(query, "reading map bridge nsrun ports", missing_ok=True)
+        if any(item.get("map", {}).get("elem") for item in items):
+            return
+        legacy = {"list": {"chain": {**bridge, "name": PORTGUARD_PREROUTING}}}
+        if any("rule" in item for item in self._list(legacy, "reading table bridge nsrun", missing_ok=True)):
+            return  # nsrun 0.2's sandboxes still run
+        self.remove_port_guards()
+
+    def remove_port_guards(self) -> None:
+        """The whole bridge table: with the last network, no sandbox is left to filter."""
+        self._run_missing_ok(
+            [{"delete": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}}], "removing table bridge nsrun"
+        )
 
     def guarded_addresses(self) -> dict[str, str]:
         """Sandbox id -> the IPv4 address its bridge-port filter admits: what running sandboxes
@@ -237,17 +269,32 @@ class NftablesBackend:
         }
 
     def port_guards(self) -> set[str]:
-        """The sandbox ids with a bridge-port filter in place."""
+        """The sandbox ids with a bridge-port filter in place: an entry in the map that jumps to
+        their chain (or nsrun 0.2's jump rule)."""
         items = self._list(
             {"list": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}},
             "reading table bridge nsrun",
             missing_ok=True,
         )
-        return {
+        chains = {item["chain"]["name"] for item in items if "chain" in item}
+        found = {
             str(r["comment"])[len(SANDBOX_COMMENT_PREFIX) :]
             for item in items
             if (r := item.get("rule")) and str(r.get("comment", "")).startswith(SANDBOX_COMMENT_PREFIX)
         }
+        dispatching = any(
+            (r := item.get("rule")) and r.get("chain") == DISPATCH and f"@{PORTS_MAP}" in json.dumps(r.get("expr"))
+            for item in items
+        )
+        for item in items:
+            entry = item.get("map")
+            if not dispatching or not entry or entry.get("name") != PORTS_MAP:
+                continue
+            for key, verdict in entry.get("elem", []):
+                target = verdict.get("jump", {}).get("target", "") if isinstance(verdict, dict) else ""
+                if target in chains and key == f"nsv{target.removeprefix('sb-')}":
+                    found.add(target.removeprefix("sb-"))
+        return found
 
     def teardown_network(self, rules: NetworkRules) -> None:
         listing = self._listing(rules)
@@ -258,6 +305,7 @@ class NftablesBackend:
         if listing.table_exists and not listing.other_networks:
             # the last nsrun network is gone: leave no table of nsrun's behind
             commands = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+            self.remove_port_guards()
         if commands:
             self._run(commands, f"removing nftables rules of network {rules.network!r}")
 
@@ -270,8 +318,9 @@ class NftablesBackend:
     # -- other tools' forward chains ------------------------------------------------------------
 
     def foreign_drops(self) -> list[ForeignChain]:
-        """Base chains of other tables on the forward hook whose policy is drop."""
-        items = self._list({"list": {"ruleset": None}}, "reading the nftables ruleset")
+        """Base chains of other tables on the forward hook whose policy is drop. Chains only: no
+        rule is read (nor the whole ruleset, which `list tables` would fetch), at every launch."""
+        items = self._list({"list": {"chains": None}}, "listing nftables chains")
         chains = [item["chain"] for item in items if "chain" in item]
         found = []
         for chain in chains:
@@ -387,6 +436,11 @@ class NftablesBackend:
             raise NsrunError(action, _first_line(error), "run `nsrun doctor`")
         items: list[dict[str, Any]] = output.get("nftables", []) if isinstance(output, dict) else []
         return items
+
+    def _run_missing_ok(self, commands: list[dict[str, Any]], action: str) -> None:
+        rc, _, error = self._nft.json_cmd({"nftables": commands})
+        if rc != 0 and "No such file or directory" not in error:
+            raise NsrunError(action, _first_line(error), "run `nsrun doctor`")
 
     def _run(self, commands: list[dict[str, Any]], action: str) -> None:
         rc, _, error = self._nft.json_cmd({"nftables": commands})

@@ -7,6 +7,12 @@ replies) nor claim another's IPv6 address in a neighbour advertisement; tagged f
 protocols are dropped. So a sandbox given NET_RAW or NET_ADMIN still cannot take over a
 neighbour's address, pose as the gateway, or forge its source. (CNI's bridge and netavark do no
 such filtering; Docker does not either.)
+
+Layout: one chain `sb-ID` of rules per sandbox, entered through a verdict map keyed by the
+sandbox's bridge port (`ports`: "nsvID" : jump sb-ID) from one base chain (`dispatch`). Adding or
+removing a sandbox is then one transaction by name, whatever the number of sandboxes; nothing is
+looked up by rule handle. (nsrun 0.2 put one jump rule per sandbox into chain `prerouting`;
+what is left of that is still read and removed.)
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from typing import Final
 
 from nsrun.firewall.rules import SANDBOX_COMMENT_PREFIX
 
-__all__ = ["BRIDGE_FAMILY", "BRIDGE_TABLE", "PortGuard", "link_local_for"]
+__all__ = ["BRIDGE_FAMILY", "BRIDGE_TABLE", "DISPATCH", "PORTS_MAP", "PortGuard", "link_local_for", "removal_script"]
 
 BRIDGE_FAMILY: Final = "bridge"
 BRIDGE_TABLE: Final = "nsrun"
-PREROUTING: Final = "prerouting"
+DISPATCH: Final = "dispatch"  # the base chain: `iifname vmap @ports`
+PORTS_MAP: Final = "ports"
+PREROUTING: Final = "prerouting"  # nsrun 0.2's base chain, one jump rule per sandbox
 _FILTER_PRIORITY: Final = -200
 _MAC_RE: Final = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
@@ -82,16 +90,39 @@ class PortGuard:
             "ether type ip6 udp sport 547 drop",
         ]
 
-    def script(self) -> str:
-        """One nft transaction: the table and its hook (if new), the chain, the jump to it."""
+    def script(self, *, with_table: bool = False) -> str:
+        """One nft transaction: the sandbox's chain and its entry in the map. `with_table`: the
+        table, its map and dispatch chain first, made again if missing (the dispatch rule is
+        flushed and added back, so there is always exactly one); without it the transaction
+        fails, changing nothing, where they are missing."""
         table = f"{BRIDGE_FAMILY} {BRIDGE_TABLE}"
         hook = f"{{ type filter hook prerouting priority {_FILTER_PRIORITY}; policy accept; }}"
         lines = [
             f"add table {table}",
-            f"add chain {table} {PREROUTING} {hook}",
+            f"add map {table} {PORTS_MAP} {{ type ifname : verdict; }}",
+            f"add chain {table} {DISPATCH} {hook}",
+            f"flush chain {table} {DISPATCH}",
+            f"add rule {table} {DISPATCH} iifname vmap @{PORTS_MAP}",
             f"add chain {table} {self.chain}",
             f"flush chain {table} {self.chain}",
-            *(f"add rule {table} {self.chain} {rule}" for rule in self.rules()),
-            f'add rule {table} {PREROUTING} iifname "{self.veth}" jump {self.chain} comment "{self.comment}"',
         ]
+        if not with_table:
+            lines = [f"add chain {table} {self.chain}"]  # a new chain: its id is the sandbox's own
+        lines += [f"add rule {table} {self.chain} {rule}" for rule in self.rules()]
+        lines.append(f'add element {table} {PORTS_MAP} {{ "{self.veth}" : jump {self.chain} }}')
         return "\n".join(lines) + "\n"
+
+
+def removal_script(sandbox_id: str) -> str:
+    """One nft transaction removing a sandbox's filter by name; it fails (and changes nothing)
+    where that sandbox has no entry in the map (already gone, or nsrun 0.2's layout)."""
+    if not _ID_RE.fullmatch(sandbox_id):
+        raise ValueError(f"not a sandbox id: {sandbox_id!r}")
+    table = f"{BRIDGE_FAMILY} {BRIDGE_TABLE}"
+    chain = f"sb-{sandbox_id}"
+    lines = [
+        f'delete element {table} {PORTS_MAP} {{ "nsv{sandbox_id}" }}',
+        f"flush chain {table} {chain}",
+        f"delete chain {table} {chain}",
+    ]
+    return "\n".join(lines) + "\n"

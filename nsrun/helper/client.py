@@ -30,7 +30,16 @@ if TYPE_CHECKING:
 
     from nsrun.process.shim import Started
 
-__all__ = ["ENV_HELPER", "RUN_DIR", "Unavailable", "helper_wanted", "run_through_helper", "start_helper"]
+__all__ = [
+    "ENV_HELPER",
+    "RUN_DIR",
+    "SENT",
+    "Unavailable",
+    "helper_wanted",
+    "run_cni",
+    "run_through_helper",
+    "start_helper",
+]
 
 RUN_DIR: Final = "/run/nsrun"
 # NSRUN_HELPER=off: every command in its own process, never through the warm helper
@@ -47,6 +56,9 @@ _HELPER_BOOT: Final = (
 
 class Unavailable(Exception):  # noqa: N818  # not an error: the in-process path takes over
     pass
+
+
+SENT: Final = "sent"  # Unavailable's last argument when the helper went away after the request
 
 
 def _connect(path: str) -> wire.Socket | None:
@@ -210,7 +222,9 @@ class _HelperController:
             self._fallback_started(info)
 
     def ended(self, status: int, release: Callable[[], None]) -> list[str]:
-        answer = self._ask({"ended": {"status": status, "ran": self.ran}})
+        # its id too: a command interrupted before it started never said "started"
+        ended = {"status": status, "ran": self.ran, "id": self.sandbox_id, "entry": self.entry}
+        answer = self._ask({"ended": ended})
         if answer is not None and "release" in answer:
             release()  # what joined the sandbox is ended: the namespaces may go
             answer = self._answer()
@@ -223,8 +237,8 @@ class _HelperController:
         from nsrun.launch.records import registry
         from nsrun.state.paths import StateDirs
 
-        records = registry(StateDirs()).all_records()
-        return next((r for r in records if r.sandbox_id == self.sandbox_id and r.pid == os.getpid()), None)
+        record = registry(StateDirs()).get(self.sandbox_id)
+        return record if record is not None and record.pid == os.getpid() else None
 
     def _fallback_started(self, info: Started) -> None:
         from nsrun.launch.records import note_started
@@ -378,6 +392,27 @@ def _serve(argv: list[str], *, detached: bool, report: int | None = None) -> int
         raise Unavailable(f"an answer nsrun does not know: {sorted(message)}")
     finally:
         channel.close()
+
+
+def run_cni(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+    """A CNI call through the helper: (exit status, stdout). Unavailable: run it here (with SENT
+    as its last argument if the helper's worker may have acted on it)."""
+    channel = connect()
+    try:
+        try:
+            channel.send({"version": version(), "cni": {"env": env, "stdin": stdin}})
+        except OSError as err:
+            raise Unavailable(str(err)) from err
+        message, fds = channel.receive()
+    finally:
+        channel.close()
+    wire.close_fds(fds)
+    if message is None:
+        raise Unavailable("the helper went away", SENT)
+    if "cni" not in message:
+        raise Unavailable(str(message.get("fallback", "the helper did not answer the CNI call")))
+    status, out = message["cni"]
+    return int(status), str(out)
 
 
 def run_through_helper(argv: list[str]) -> int:

@@ -8,8 +8,10 @@ beside them (`nsrun.process.wire`). Light: the client imports it on every launch
                        {"launch": {...}} + netns fd, port sockets    be the sandbox's shim
     client -> helper   {"abort": signum}                             while it sets up: undo, then {"exit"}
                        {"started": {...}}  -> {"ok": true}           the command runs
-                       {"ended": {...}}    -> {"done": [failures]}   it ended: tear down
+                       {"ended": {"status", "ran", "id", "entry"}} -> {"release"}, {"done": [failures]}
     EOF from the client before "ended" (it was killed) is a teardown too.
+    client -> helper   {"version", "cni": {"env", "stdin"}}               a CNI call (`nsrun-cni`)
+    worker -> client   {"cni": [status, stdout]}
 A client of another nsrun (or another Python: marshal's format is the interpreter's) is told to
 fall back before its request is acted on.
 """

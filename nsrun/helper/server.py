@@ -166,6 +166,12 @@ class Helper:
             if refusal is None and request is not None:
                 self.last_activity = -self.idle  # retire: the next client starts a current one
             return
+        if "cni" in request:
+            # a CNI call: its worker answers the plugin directly; nothing of it to follow here
+            self._dispatch({"job": "cni", "cni": request["cni"]}, client, [])
+            wire.close_fds(fds)
+            self._drop(client)
+            return
         client.worker = self._dispatch({"job": "request", "pid": client.pid, "request": request}, client, fds)
         wire.close_fds(fds)
 
@@ -182,8 +188,14 @@ class Helper:
         elif "started" in message:
             self._started(client, message["started"])
         elif "ended" in message:
-            client.ran = bool(message["ended"].get("ran", True))
-            self._end(client, message["ended"].get("status"), pinned=True)
+            ended = message["ended"]
+            client.ran = bool(ended.get("ran", True))
+            if client.sandbox is None and client.handed_over and isinstance(ended.get("id"), str):
+                # interrupted before its command started: the id is the client's word, which the
+                # teardown checks (only a sandbox this client holds is torn down)
+                client.sandbox = ended["id"]
+                client.entry = bool(ended.get("entry"))
+            self._end(client, ended.get("status"), pinned=True)
 
     def _started(self, client: _Client, info: dict[str, object]) -> None:
         from nsrun.helper.worker import record_started
@@ -301,6 +313,8 @@ def _spare(dirs: StateDirs, sock: wire.Socket) -> NoReturn:
     if job is None or not fds:
         os._exit(0)  # the helper stopped, or went away
     connection = wire.Socket(fileno=fds[0])
+    if job["job"] == "cni":
+        worker.handle_cni(connection, dict(job["cni"]))
     if job["job"] == "request":
         worker.handle_request(connection, int(job["pid"]), dict(job["request"]), fds[1:])
     failures = worker.teardown(connection, dirs, int(job["pid"]), job)
@@ -310,7 +324,9 @@ def _spare(dirs: StateDirs, sock: wire.Socket) -> NoReturn:
 
 
 # not loaded by the helper: entry points of other processes, and pytest's plugin
-_NOT_PRELOADED: Final = frozenset({"nsrun.__main__", "nsrun.helper.__main__", "nsrun.pytest_plugin"})
+_NOT_PRELOADED: Final = frozenset(
+    {"nsrun.__main__", "nsrun.helper.__main__", "nsrun.cni.__main__", "nsrun.pytest_plugin"}
+)
 
 
 def _warm_up() -> None:

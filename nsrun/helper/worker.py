@@ -7,6 +7,7 @@ ends and the helper keeps watching the client's connection.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["HANDED_OVER", "handle_request", "prepare", "record_started", "teardown"]
 
 HANDED_OVER: Final = 3  # the worker's exit status when the client now runs a sandbox
+_RECLAIM_LOCK: Final = "reclaim.lock"  # under /run/nsrun: one reclaim at a time, and when the last one ran
+_RECLAIM_EVERY: Final = 1.0
+_MAX_FD: Final = 1 << 16
 _TEARDOWN_FAILED: Final = 4
 
 
@@ -61,7 +65,8 @@ class _Launcher:
             self.channel.send({"detach": True})
             raise _Handover
 
-        sandbox = Sandbox(request, holder=Holder.of(self.client_pid), checkpoint=self.checkpoint)
+        # what dead sandboxes left is reclaimed after the hand-over (_reclaim_later), not on the way
+        sandbox = Sandbox(request, holder=Holder.of(self.client_pid), checkpoint=self.checkpoint, sweep=False)
         logbook = LogBook(sandbox.dirs)
         entry = None
         if self.detached or request.name is not None:
@@ -93,6 +98,7 @@ class _Launcher:
         except OSError:
             self._abandon(sandbox, logbook, entry)
         sandbox.close()
+        _reclaim_later(sandbox.dirs, sandbox.network.name if sandbox.network else None)
         raise _Handover
 
     @staticmethod
@@ -108,6 +114,33 @@ class _Launcher:
         os._exit(0)
 
 
+def _reclaim_later(dirs: StateDirs, network: str | None) -> None:
+    """After a hand-over, in a process of its own at the lowest priority (so that it takes no
+    time from launches), at most once a second and one at a time: what dead sandboxes left
+    (their client and the helper killed together; in-process launches killed) is reclaimed, as
+    a launch in-process does on its way."""
+    lock = dirs.run / _RECLAIM_LOCK
+    try:
+        if time.time() - os.stat(lock).st_mtime < _RECLAIM_EVERY:
+            return
+    except OSError:
+        pass
+    if os.fork() != 0:
+        return
+    try:
+        os.closerange(3, _MAX_FD)  # nothing of the launch's (its namespace, the client's socket)
+        os.nice(19)
+        from nsrun.launch.records import reclaim_stale
+        from nsrun.state.files import open_private
+
+        fd = open_private(lock, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another one runs: BlockingIOError, exit
+        os.utime(fd)
+        reclaim_stale(dirs, network)
+    finally:
+        os._exit(0)
+
+
 def prepare() -> None:
     """What a process pays for on first use, paid while it waits as a spare: pyroute2's event loop
     and libnftables' context (kept per process), page faults of the code a job runs."""
@@ -120,6 +153,16 @@ def prepare() -> None:
         netlink.link_exists(ipr, "lo")
     with contextlib.suppress(NsrunError, OSError):
         open_nftables()
+
+
+def handle_cni(connection: wire.Socket, call: dict[str, Any]) -> NoReturn:
+    """One CNI call (`nsrun-cni`): its answer, then this worker's end."""
+    from nsrun.cni.plugin import handle
+
+    status, out = handle(dict(call["env"]), bytes(call["stdin"]))
+    with contextlib.suppress(OSError):
+        wire.send(connection, {"cni": [status, out]})
+    os._exit(0)
 
 
 def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any], fds: list[int]) -> NoReturn:
@@ -215,7 +258,7 @@ def _record_of(dirs: StateDirs, sandbox_id: str, holder: int) -> Any:
     from nsrun.errors import NsrunError
     from nsrun.launch.records import registry
 
-    record = next((r for r in registry(dirs).all_records() if r.sandbox_id == sandbox_id), None)
+    record = registry(dirs).get(sandbox_id)
     if record is None or record.pid != holder:
         raise NsrunError(f"sandbox {sandbox_id}", "no sandbox of this client has that id", "run `nsrun doctor`")
     return record

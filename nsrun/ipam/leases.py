@@ -35,6 +35,7 @@ _INTACT: Final = "intact"
 _VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
 _ADDRESS_RE: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _HOSTNAME_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,63})?")
+_CONTAINER_ID_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.\-]{0,254})?")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,11 @@ class Lease:
     hostname: str = ""  # resolvable by the network's other sandboxes, beside `name`
     command: tuple[str, ...] = ()
     created: float = 0.0
+    container_id: str = ""  # a CNI attachment's: it lives while its veth does, not its holder
+
+    @property
+    def attached(self) -> bool:
+        return bool(self.container_id)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -70,6 +76,7 @@ class Lease:
             created=fields.number("created", default=0.0),
             pidns=fields.integer("pidns", default=0),
             hostname=fields.text("hostname", _HOSTNAME_RE, default=""),
+            container_id=fields.text("container_id", _CONTAINER_ID_RE, default=""),
         )
         try:
             ipaddress.IPv4Address(lease.address)

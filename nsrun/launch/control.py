@@ -72,8 +72,20 @@ def _init_fd(record: SandboxRecord) -> int | None:
     return fd
 
 
+def refuse_attached(record: SandboxRecord, action: str) -> None:
+    """A CNI attachment has no command of nsrun's: its container engine ends it (DEL)."""
+    if record.attached:
+        raise UsageError(
+            f"{action} {record.name!r}",
+            f"it is container {record.container_id[:12]}'s {record.ifname}, attached through CNI:"
+            " no command of nsrun's runs in it",
+            "use its container engine (e.g. podman stop, podman exec)",
+        )
+
+
 def send_signal(record: SandboxRecord, signum: int) -> None:
     """Pass `signum` to the command; SIGKILL ends the whole sandbox at once."""
+    refuse_attached(record, "signalling")
     if signum == signal.SIGSTOP:
         raise UsageError("nsrun kill -s STOP", "a stopped shim could not pass SIGCONT on", "use -s TSTP")
     fd = _init_fd(record) if signum == signal.SIGKILL else _shim_fd(record)
@@ -102,6 +114,7 @@ def wait_ended(record: SandboxRecord, timeout: float | None = None) -> bool:
 def stop(record: SandboxRecord, timeout: float) -> None:
     """SIGTERM to the command; after `timeout` seconds SIGKILL of the whole sandbox; returns once
     it is torn down."""
+    refuse_attached(record, "stopping")
     with contextlib.suppress(NsrunError):
         send_signal(record, signal.SIGTERM)
     if wait_ended(record, timeout):

@@ -110,9 +110,11 @@ def exec_in(
     dirs: StateDirs | None = None,
 ) -> Outcome:
     """Run a command inside a running sandbox, in this (dedicated) process; how it ended."""
+    from nsrun.launch.control import refuse_attached
     from nsrun.process.shim import Shim, ShimFds
 
     record = registry(dirs or StateDirs()).find(name, is_stale)
+    refuse_attached(record, "nsrun exec in")
     plan = plan_for(record)
     opened: dict[str, int] = {}
     try:

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nsrun.state.paths import StateDirs
-from nsrun.state.registry import Registry, SandboxRecord
+from nsrun.state.registry import RecordHead, Registry, SandboxRecord
 
 if TYPE_CHECKING:
     from nsrun.errors import NsrunError
     from nsrun.networks.spec import NetworkSpec
     from nsrun.process.shim import Started
 
-__all__ = ["is_stale", "live_sandboxes", "registry"]
+__all__ = ["is_stale", "live_sandboxes", "reclaim_stale", "registry"]
 
 
 def registry(dirs: StateDirs) -> Registry:
@@ -29,10 +29,13 @@ def _reclaim(dirs: StateDirs, record: SandboxRecord) -> None:
     teardown_sandbox(dirs, record, pinned=False)
 
 
-def is_stale(record: SandboxRecord) -> bool:
+def is_stale(record: SandboxRecord | RecordHead) -> bool:
+    """Its holder died; a CNI attachment (whose holder was the ADD) also lost its veth."""
     from nsrun.process import liveness
 
-    return not liveness.holder_alive(record.pid, record.start_time, record.pidns)
+    if liveness.holder_alive(record.pid, record.start_time, record.pidns):
+        return False
+    return not (record.container_id and liveness.attachment_alive(f"nsv{record.sandbox_id}"))
 
 
 def live_sandboxes(dirs: StateDirs | None = None) -> list[SandboxRecord]:
@@ -89,6 +92,7 @@ def repair_sandbox_rules(dirs: StateDirs, network: NetworkSpec, skip: str = "") 
     from nsrun.firewall import host as firewall
     from nsrun.firewall.portguard import PortGuard
     from nsrun.firewall.rules import PortRules
+    from nsrun.networks import manager
     from nsrun.validate import parse_publish
 
     if network.firewall == "none":
@@ -109,7 +113,7 @@ def repair_sandbox_rules(dirs: StateDirs, network: NetworkSpec, skip: str = "") 
         address6 = ipaddress.IPv6Address(record.addresses[1]) if len(record.addresses) > 1 else None
         firewall.remove_sandbox_rules(record.sandbox_id)
         guard = PortGuard(record.sandbox_id, f"nsv{record.sandbox_id}", record.mac, address, address6)
-        firewall.guard_port(network.firewall, guard)
+        firewall.guard_port(network.firewall, guard, lambda: manager.firewall_lock(dirs))
         mappings = tuple(parse_publish(spec) for spec in record.ports)
         if mappings:
             firewall.publish_ports(network.firewall, PortRules(record.sandbox_id, address, mappings))
@@ -119,3 +123,23 @@ def repair_sandbox_rules(dirs: StateDirs, network: NetworkSpec, skip: str = "") 
 
 def corrupt_records(dirs: StateDirs | None = None) -> list[NsrunError]:
     return list(registry(dirs or StateDirs()).corrupt())
+
+
+def reclaim_stale(dirs: StateDirs, network: str | None = None) -> None:
+    """Everything dead sandboxes left: their records (with their rules, names and veths) and,
+    on `network`, their leases; its hosts file rebuilt from what is left."""
+    import contextlib
+
+    from nsrun.net import netlink
+    from nsrun.networks import manager
+
+    live_sandboxes(dirs)
+    if network is None:
+        return
+    spec = manager.network_store(dirs).get(network)
+    store = manager.lease_store(dirs, network)
+    if spec is None or not store.directory.is_dir():
+        return
+    with contextlib.closing(netlink.IPRoute()) as ipr, store.locked():
+        manager.sweep_stale_leases(ipr, store)
+        manager.refresh_hosts(dirs, spec, store)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from nsrun.firewall.rules import PortMapping
 
-__all__ = ["JOIN_PREFIX", "NetMode", "SandboxRequest", "Volume", "parse_security_opt", "parse_volume"]
+__all__ = ["JOIN_PREFIX", "Attachment", "NetMode", "SandboxRequest", "Volume", "parse_security_opt", "parse_volume"]
 
 JOIN_PREFIX: Final = "sandbox:"
 DEFAULT_NETWORK: Final = "nsrun"
@@ -36,6 +36,16 @@ class NetMode(StrEnum):
     NONE = "none"
     HOST = "host"
     SANDBOX = "sandbox"  # sandbox:NAME, the network namespace of a running sandbox
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A network namespace a container engine made, to be attached to a network (a CNI ADD): no
+    command of nsrun's runs in it; it lives until the engine's DEL or the namespace's end."""
+
+    container_id: str
+    ifname: str  # the interface the engine wants inside it
+    netns: str  # its path, e.g. /run/netns/cni-...
 
 
 @dataclass(frozen=True)

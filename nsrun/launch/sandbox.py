@@ -17,6 +17,7 @@ the lease: if it dies, they are stale and the next nsrun reclaims them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import time
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import ConflictError, NsrunError, TeardownError, UsageError
 from nsrun.launch.records import is_stale, registry
-from nsrun.launch.request import JOIN_PREFIX, NetMode, SandboxRequest
+from nsrun.launch.request import JOIN_PREFIX, Attachment, NetMode, SandboxRequest
 from nsrun.launch.view import plan_process
 from nsrun.state import files
 from nsrun.state.paths import StateDirs
@@ -72,6 +73,11 @@ class Sandbox:
     holder: Holder = field(default_factory=lambda: Holder.of(os.getpid()))
     sandbox_id: str = field(default_factory=lambda: secrets.token_hex(6))
     checkpoint: Callable[[], None] | None = None  # raises to abort set-up (an interrupt)
+    # reclaim what dead sandboxes left (records, leases) on the way; False: the caller does it
+    # later, off the launch's path (the warm helper), and a launch costs the same however many run
+    sweep: bool = True
+    # a container engine's namespace to attach (CNI ADD) instead of one of nsrun's own
+    attachment: Attachment | None = None
     netns_fd: int | None = field(default=None, init=False)
     network: NetworkSpec | None = field(default=None, init=False)
     lease: Lease | None = field(default=None, init=False)
@@ -132,6 +138,11 @@ class Sandbox:
             self._undo, self._scratch = undo, scratch
             undo.callback(self._kept.close)  # a failed set-up closes what it kept too
             self._register()
+            if self.attachment is not None:
+                self._setup_bridged()
+                self._note_addresses()
+                undo.pop_all()
+                return
             if self.request.net is NetMode.NONE:
                 self._open_netns()
             elif self.request.net is NetMode.BRIDGE:
@@ -255,6 +266,7 @@ class Sandbox:
         request = self.request
         identity = request.user.identity
         environment = command_environment(dict(request.environ), request.user, request.env)
+        attachment = self.attachment or Attachment("", "", "")
         record = SandboxRecord(
             sandbox_id=self.sandbox_id,
             name=self.name,
@@ -276,6 +288,8 @@ class Sandbox:
             privileged=request.privileged,
             hostname=self.hostname,
             cwd=request.cwd,
+            container_id=attachment.container_id,
+            ifname=attachment.ifname,
         )
         reg = self._registry()
         held: list[socket.socket] = []
@@ -286,7 +300,9 @@ class Sandbox:
             return replace(record, ports=tuple(mapping.spec() for mapping in self.publish))
 
         try:
-            self.record = reg.register(record, is_stale, check=reserve)
+            self.record = reg.register(
+                record, is_stale, check=reserve if self.request.publish else None, sweep=self.sweep
+            )
         except BaseException:
             for sock in held:
                 sock.close()
@@ -377,35 +393,39 @@ class Sandbox:
         netlink.loopback_up(inner)
         return inner
 
+    def _open_attached_netns(self) -> Any:
+        from nsrun.net import netlink
+
+        if self.attachment is None:
+            raise RuntimeError("no namespace to attach")
+        fd, inner = netlink.open_in_netns(self.attachment.netns, "the container's network namespace")
+        self.netns_fd = fd
+        self._kept.callback(os.close, fd)
+        self._scratch.callback(inner.close)
+        return inner
+
     def _setup_bridged(self) -> None:
-        from nsrun.ipam.allocator import allocate
         from nsrun.ipam.leases import LeaseStore
         from nsrun.net import netlink
-        from nsrun.net.plan import AttachPlan, host_veth_name, sandbox_mac
+        from nsrun.net.plan import SANDBOX_IFNAME, AttachPlan, host_veth_name, sandbox_mac
         from nsrun.networks import manager
 
         host = netlink.IPRoute()
         self._scratch.callback(host.close)
         network = manager.load_network(self.dirs, host, self.request.network, check=self._check_address)
         self.network = network
-        inner = self._open_netns()
+        inner = self._open_attached_netns() if self.attachment else self._open_netns()
         veth = host_veth_name(self.sandbox_id)
         store = LeaseStore(self.dirs.leases(network.name), root=self.dirs.run)
         with store.locked():
             manager.ensure_loaded(self.dirs, network, store)
-            manager.sweep_stale_leases(host, store)
-            lease = allocate(
-                network.name,
-                network.pool,
-                store,
-                self._lease_factory(veth),
-                self.request.ip,
-                in_use=manager.unleased_addresses(network, store),
-            )
+            if self.sweep:
+                manager.sweep_stale_leases(host, store)
+            lease = self._allocate(host, network, store, veth)
             self.lease = lease
             self._undo.callback(self._release, store, lease, network)
             # every sandbox of the network resolves this one's name from now on
-            self.hosts = manager.refresh_hosts(self.dirs, network, store)
+            self.hosts = manager.add_host_entries(self.dirs, network, store, lease)
             host_side = manager.ensure_host_side(self.dirs, host, network, store)
             bridge_index, network = host_side.bridge_index, host_side.spec
             self.network = network
@@ -424,6 +444,7 @@ class Sandbox:
             subnet=network.subnet,
             gateway=network.gateway,
             mac=self.request.mac or sandbox_mac(os.urandom(6)),
+            sandbox_ifname=self.attachment.ifname if self.attachment else SANDBOX_IFNAME,
             mtu=network.mtu or netlink.default_route_mtu(host),
             default_route=not network.internal,
             address6=network.address6_for(address),
@@ -440,15 +461,42 @@ class Sandbox:
         if self.request.publish:
             self._publish(network, plan.address)
 
+    def _firewall_lock(self) -> contextlib.AbstractContextManager[None]:
+        from nsrun.networks.manager import firewall_lock
+
+        return firewall_lock(self.dirs)
+
+    def _allocate(self, host: Any, network: NetworkSpec, store: Any, veth: str) -> Lease:
+        """An address for the sandbox; without the sweep on the way, what dead sandboxes hold is
+        reclaimed only when no address (or not the one asked for) is free."""
+        from nsrun.ipam.allocator import allocate
+        from nsrun.networks import manager
+
+        def attempt() -> Lease:
+            in_use = manager.unleased_addresses(network, store)
+            return allocate(network.name, network.pool, store, self._lease_factory(veth), self.request.ip, in_use)
+
+        try:
+            return attempt()
+        except ConflictError:
+            if self.sweep or not manager.sweep_stale_leases(host, store):
+                raise
+            return attempt()
+
     def _guard_port(self, network: NetworkSpec, plan: AttachPlan) -> None:
         """Before the port joins the bridge: it may only send as the sandbox's own MAC and addresses."""
         from nsrun.firewall import host as firewall
         from nsrun.firewall.portguard import PortGuard
 
         mac = self.mac = plan.mac
-        self._step("removing the sandbox's own rules", firewall.remove_sandbox_rules, self.sandbox_id)
+        # the lock: the bridge table goes too if this was its last filter
+        self._step(
+            "removing the sandbox's own rules",
+            functools.partial(firewall.remove_sandbox_rules, lock=self._firewall_lock),
+            self.sandbox_id,
+        )
         guard = PortGuard(self.sandbox_id, plan.host_veth, mac, plan.address, plan.address6)
-        if not firewall.guard_port(network.firewall, guard) and network.firewall != "none":
+        if not firewall.guard_port(network.firewall, guard, self._firewall_lock) and network.firewall != "none":
             self.warnings.append(
                 "nf_tables is not available: what the sandbox sends into its bridge is not filtered"
                 " (its MAC and addresses are not enforced)"
@@ -462,7 +510,7 @@ class Sandbox:
         try:
             with store.locked():
                 store.release(lease)
-                manager.refresh_hosts(self.dirs, network, store)
+                manager.remove_host_entries(self.dirs, network, lease)
         except Exception as err:  # noqa: BLE001  # reported with the other teardown failures
             self._failures.append(f"releasing address {lease.address}: {err}")
 
@@ -511,6 +559,7 @@ class Sandbox:
                 command=self.request.argv,
                 created=time.time(),
                 hostname=self.hostname,
+                container_id=self.attachment.container_id if self.attachment else "",
             )
 
         return make

@@ -6,6 +6,7 @@ the record says was made. Every step runs; "already gone" counts as done; failur
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import socket
 import time
@@ -66,10 +67,10 @@ def finish_teardown(dirs: StateDirs, record: SandboxRecord) -> list[str]:
 
     failures: list[str] = []
     if is_bridged(record):
-        from nsrun.firewall import host as firewall
-
-        _step(failures, f"deleting veth nsv{record.sandbox_id}", _remove_veth, record.sandbox_id)
-        _step(failures, "removing the sandbox's own rules", firewall.remove_sandbox_rules, record.sandbox_id)
+        # a CNI attachment's namespace is the engine's, and outlives it: its veth is deleted now
+        wait = 0.0 if record.attached else VETH_GONE_WAIT
+        _step(failures, f"deleting veth nsv{record.sandbox_id}", _remove_veth, record.sandbox_id, wait)
+        _step(failures, "removing the sandbox's own rules", _remove_rules, dirs, record)
         _step(failures, "releasing its address", _release_address, dirs, record)
     _step(failures, "removing its record", registry(dirs).remove, record)
     return failures
@@ -82,7 +83,15 @@ def _step(failures: list[str], description: str, action: Callable[..., Any], *ar
         failures.append(f"{description}: {err}")
 
 
-def _remove_veth(sandbox_id: str) -> None:
+def _remove_rules(dirs: StateDirs, record: SandboxRecord) -> None:
+    from nsrun.firewall import host as firewall
+    from nsrun.networks.manager import firewall_lock
+
+    lock = functools.partial(firewall_lock, dirs)  # taken only to see whether the bridge table's filters are all gone
+    firewall.remove_sandbox_rules(record.sandbox_id, published=bool(record.ports), lock=lock)
+
+
+def _remove_veth(sandbox_id: str, wait: float) -> None:
     """The veth pair goes with the sandbox's network namespace, as soon as nothing holds that:
     wait for the kernel to take it (a few milliseconds, a few tens when namespaces end in a row),
     which costs less than deleting it (an RCU grace period under the RTNL lock). If something
@@ -91,7 +100,7 @@ def _remove_veth(sandbox_id: str) -> None:
     from nsrun.net import netlink
 
     name = f"nsv{sandbox_id}"
-    deadline = time.monotonic() + VETH_GONE_WAIT
+    deadline = time.monotonic() + wait
     pause = _FIRST_PAUSE
     while time.monotonic() < deadline:
         try:
@@ -117,5 +126,5 @@ def _release_address(dirs: StateDirs, record: SandboxRecord) -> None:
             lease = store.get(ipaddress.IPv4Address(text))
             if lease is not None and lease.sandbox_id == record.sandbox_id:
                 store.release(lease)
-        if spec is not None:
-            manager.refresh_hosts(dirs, spec, store)
+                if spec is not None:
+                    manager.remove_host_entries(dirs, spec, lease)

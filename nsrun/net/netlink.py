@@ -38,8 +38,10 @@ __all__ = [
     "flush_udp_conntrack",
     "host_routes",
     "link_exists",
+    "link_mac",
     "list_links",
     "loopback_up",
+    "open_in_netns",
     "open_in_new_netns",
 ]
 
@@ -78,6 +80,30 @@ def open_in_new_netns(inside: Callable[[], None] | None = None) -> tuple[int, IP
     return fd, inner
 
 
+def open_in_netns(path: str, what: str) -> tuple[int, IPRoute]:
+    """An existing network namespace (a container runtime's), held by the returned fd, and a
+    netlink handle bound inside it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise NsrunError(f"opening {what} {path}", err.strerror or str(err), "give an existing namespace") from err
+    try:
+        with namespaces.entered_netns(fd, f"{what} {path}"):
+            inner = IPRoute()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, inner
+
+
+def interface_addresses(inner: IPRoute, name: str) -> list[str] | None:
+    """The addresses (as ADDRESS/PREFIXLEN) of interface `name`, None if there is no such interface."""
+    link = _link(inner, name)
+    if link is None:
+        return None
+    return [f"{entry.get_attr('IFA_ADDRESS')}/{entry['prefixlen']}" for entry in inner.get_addr(index=link["index"])]
+
+
 def _link(ipr: IPRoute, name: str) -> Any | None:
     try:
         return ipr.link("get", ifname=name)[0]
@@ -85,6 +111,12 @@ def _link(ipr: IPRoute, name: str) -> Any | None:
         if err.code == errno.ENODEV:
             return None
         raise _fail(f"looking up interface {name!r}", err) from err
+
+
+def link_mac(ipr: IPRoute, name: str) -> str:
+    """The link's MAC address ("" if there is no such link)."""
+    link = _link(ipr, name)
+    return str(link.get_attr("IFLA_ADDRESS") or "") if link is not None else ""
 
 
 def link_exists(ipr: IPRoute, name: str) -> bool:

@@ -311,7 +311,9 @@ def reclaim_lease(ipr: IPRoute, lease: Lease) -> None:
 
 
 def _is_stale(lease: Lease) -> bool:
-    return not liveness.holder_alive(lease.pid, lease.start_time, lease.pidns)
+    if liveness.holder_alive(lease.pid, lease.start_time, lease.pidns):
+        return False
+    return not (lease.attached and liveness.attachment_alive(lease.veth))
 
 
 def sweep_stale_leases(ipr: IPRoute, store: LeaseStore) -> int:
@@ -338,6 +340,43 @@ def refresh_hosts(dirs: StateDirs, spec: NetworkSpec, store: LeaseStore) -> Path
     dirs.ensure(path.parent)
     files.rewrite_in_place(path, etc.network_hosts(entries))
     return path
+
+
+def _host_lines(spec: NetworkSpec, lease: Lease) -> list[str]:
+    from nsrun import etc
+
+    names = [n for n in (lease.name, lease.hostname, lease.sandbox_id) if n]
+    entries = [(lease.address, names)]
+    address6 = spec.address6_for(ipaddress.IPv4Address(lease.address))
+    if address6 is not None:
+        entries.append((str(address6), names))
+    return etc.host_lines(entries)
+
+
+def add_host_entries(dirs: StateDirs, spec: NetworkSpec, store: LeaseStore, lease: Lease) -> Path:
+    """The sandbox's names in the network's hosts file, added to what is there (a launch must not
+    read every lease); rebuilt from the leases if the file is missing. Call under `store.locked()`."""
+    from nsrun import etc
+
+    path = hosts_path(dirs, spec)
+    current = files.read_file(path)
+    if current is None:
+        return refresh_hosts(dirs, spec, store)
+    files.rewrite_in_place(path, etc.network_hosts_of([*etc.network_host_lines(current), *_host_lines(spec, lease)]))
+    return path
+
+
+def remove_host_entries(dirs: StateDirs, spec: NetworkSpec, lease: Lease) -> None:
+    """The sandbox's lines out of the network's hosts file. Call under its lease lock."""
+    from nsrun import etc
+
+    path = hosts_path(dirs, spec)
+    current = files.read_file(path)
+    if current is None:
+        return
+    gone = set(_host_lines(spec, lease))
+    kept = [line for line in etc.network_host_lines(current) if line not in gone]
+    files.rewrite_in_place(path, etc.network_hosts_of(kept))
 
 
 def live_leases(dirs: StateDirs, ipr: IPRoute, name: str) -> list[Lease]:

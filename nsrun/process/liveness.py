@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from typing import Final
 
-__all__ = ["holder_alive", "kill_netns_members", "pid_namespace", "port_holder", "start_time"]
+__all__ = ["attachment_alive", "holder_alive", "kill_netns_members", "pid_namespace", "port_holder", "start_time"]
 
 _STARTTIME_FIELD: Final = 19  # of /proc/PID/stat, counted after the command name
 _STATE_FIELD: Final = 0
@@ -46,6 +47,17 @@ def holder_alive(pid: int, started: float, pidns: int = 0) -> bool:
     if fields is None or fields[_STATE_FIELD] in ("Z", "X"):
         return False
     return float(fields[_STARTTIME_FIELD]) == started
+
+
+def attachment_alive(veth: str) -> bool:
+    """Whether a CNI attachment's host veth still exists (in this network namespace, the host's):
+    the engine's namespace holds its peer, so the pair lives exactly as long as the container's
+    network does. An ioctl, cheaper than a netlink round trip."""
+    try:
+        socket.if_nametoindex(veth)
+    except OSError:
+        return False
+    return True
 
 
 def kill_netns_members(inode: int) -> list[int]:

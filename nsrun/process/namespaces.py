@@ -13,7 +13,7 @@ from nsrun.process import libc
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["netns_inode", "new_netns"]
+__all__ = ["entered_netns", "netns_inode", "new_netns"]
 
 _THREAD_NETNS: Final = "/proc/thread-self/ns/net"
 
@@ -53,6 +53,26 @@ def new_netns() -> Iterator[int]:
         try:
             fd = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
             yield fd
+        finally:
+            _return_or_die(home)
+    finally:
+        os.close(home)
+
+
+@contextlib.contextmanager
+def entered_netns(fd: int, what: str) -> Iterator[None]:
+    """This thread inside the network namespace `fd` (`what` names it in errors) for the body,
+    and back in `finally`, whatever the body does."""
+    home = os.open(_THREAD_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            libc.setns(fd, libc.CLONE_NEWNET)
+        except OSError as err:
+            raise NsrunError(
+                f"entering {what}", err.strerror or str(err), "give the path of a network namespace (/proc/PID/ns/net)"
+            ) from err
+        try:
+            yield
         finally:
             _return_or_die(home)
     finally:

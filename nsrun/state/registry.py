@@ -29,7 +29,7 @@ from nsrun.state.schema import ID_RE, NAME_RE, CorruptStateError, parse_json
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-__all__ = ["NETNS_DIR", "Registry", "SandboxRecord"]
+__all__ = ["CONTAINER_ID_RE", "IFNAME_RE", "NETNS_DIR", "RecordHead", "Registry", "SandboxRecord"]
 
 NETNS_DIR: Final = Path("/run/netns")  # where `ip netns` looks for named namespaces
 _SUFFIX: Final = ".json"
@@ -37,6 +37,9 @@ _NETWORK_RE: Final = re.compile(rf"(sandbox:)?{NAME_RE.pattern}|none|host")
 _NS_KINDS: Final = ("net", "uts", "ipc", "pid", "mnt")
 _MAX_FD: Final = 1 << 20
 _MAC_RE: Final = re.compile(r"([0-9a-f]{2}(:[0-9a-f]{2}){5})?")
+# what the CNI spec allows for CNI_CONTAINERID and CNI_IFNAME (empty: not a CNI attachment)
+CONTAINER_ID_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.\-]{0,254})?")
+IFNAME_RE: Final = re.compile(r"(?!\.{1,2}$)([^/\s:]{1,15})?")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,15 @@ class SandboxRecord:
     hostname: str = ""
     cwd: str = "/"
     mac: str = ""  # of its eth0: what its bridge-port filter admits
+    # an attachment a container engine made through CNI (ADD) rather than a sandbox nsrun started:
+    # its namespace is the engine's; it lives until DEL or until that namespace is gone
+    container_id: str = ""
+    ifname: str = ""  # its interface in the container's namespace
+
+    @property
+    def attached(self) -> bool:
+        """A CNI attachment: no shim, no command of nsrun's."""
+        return bool(self.container_id)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -116,6 +128,56 @@ class SandboxRecord:
             hostname=fields.text("hostname", default=""),
             cwd=fields.text("cwd", default="/"),
             mac=fields.text("mac", _MAC_RE, default=""),
+            container_id=fields.text("container_id", CONTAINER_ID_RE, default=""),
+            ifname=fields.text("ifname", IFNAME_RE, default=""),
+        )
+
+
+@dataclass(frozen=True)
+class RecordHead:
+    """A record as far as a launch needs it: its holder (for staleness), name, ports, pids."""
+
+    sandbox_id: str
+    name: str
+    pid: int
+    start_time: float
+    pidns: int
+    child_pid: int | None
+    ports: tuple[str, ...]
+    container_id: str = ""  # a CNI attachment's
+
+    @classmethod
+    def from_json(cls, text: str) -> RecordHead | None:
+        """The head, or None if the text does not hold one (ValueError for what is not JSON)."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            return None
+        ints = [data.get(key) for key in ("pid", "pidns")]
+        ports = data.get("ports", [])
+        child = data.get("child_pid")
+        ok = (
+            isinstance(data.get("sandbox_id"), str)
+            and isinstance(data.get("name"), str)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in ints)
+            and isinstance(data.get("start_time"), (int, float))
+            and (child is None or (isinstance(child, int) and not isinstance(child, bool)))
+            and isinstance(ports, list)
+            and all(isinstance(p, str) for p in ports)
+        )
+        if not ok:
+            return None
+        container_id = data.get("container_id", "")
+        if not isinstance(container_id, str):
+            return None
+        return cls(
+            data["sandbox_id"],
+            data["name"],
+            data["pid"],
+            float(data["start_time"]),
+            data["pidns"],
+            child,
+            tuple(ports),
+            container_id,
         )
 
 
@@ -149,14 +211,29 @@ class Registry:
     def register(
         self,
         record: SandboxRecord,
-        is_stale: Callable[[SandboxRecord], bool],
-        check: Callable[[list[SandboxRecord]], SandboxRecord | None] | None = None,
+        is_stale: Callable[[Any], bool],
+        check: Callable[[list[Any]], SandboxRecord | None] | None = None,
+        *,
+        sweep: bool = True,
     ) -> SandboxRecord:
         """Add the record; its name must be free among live sandboxes and under /run/netns, and
         `check` (given the live records, under the same lock) must not raise; a record it returns
-        is written instead (completed with what the check reserved). Returns what was written."""
+        is written instead (completed with what the check reserved). Returns what was written.
+        `sweep=False`: stale records are not reclaimed here (the caller sees to it later, off
+        the launch's path), and the live ones are only read (as heads: who holds them, their
+        names and ports) when a name or a check needs them, whatever their number."""
         with self.locked():
-            live = self._sweep(is_stale)
+            if sweep:
+                live: list[Any] = self._sweep(is_stale)
+            elif check is not None or record.name != record.sandbox_id:
+                live = []
+                for head in self._heads():
+                    if not is_stale(head):
+                        live.append(head)
+                    elif head.name == record.name or head.ports:
+                        self._reclaim(head.sandbox_id)  # what this launch could collide with goes now
+            else:
+                live = []
             if check is not None:
                 record = check(live) or record
             holder = next((r for r in live if record.name in (r.name, r.sandbox_id)), None)
@@ -186,6 +263,20 @@ class Registry:
     def live(self, is_stale: Callable[[SandboxRecord], bool]) -> list[SandboxRecord]:
         with self.locked():
             return self._sweep(is_stale)
+
+    def get(self, sandbox_id: str) -> SandboxRecord | None:
+        """The record of that sandbox (live or stale), or None; CorruptStateError if it is not one."""
+        if not ID_RE.fullmatch(sandbox_id):
+            return None
+        path = self.directory / f"{sandbox_id}{_SUFFIX}"
+        try:
+            text = files.read_file(path)
+        except files.StateError as err:
+            raise CorruptStateError(path, err.why) from err
+        if text is None:
+            return None
+        record = SandboxRecord.from_json(text, path)
+        return record if record.sandbox_id == sandbox_id else None
 
     def all_records(self) -> list[SandboxRecord]:
         """Every valid record, live or stale, read without the sweep."""
@@ -261,6 +352,41 @@ class Registry:
                 continue
             found.append(record)
         return found
+
+    def _heads(self) -> list[RecordHead]:
+        """What a launch checks of every record, read without validating the rest; a record that
+        does not even give that much is skipped here (it is reported by `corrupt()`)."""
+        found: list[RecordHead] = []
+        if not self.directory.is_dir():
+            return found
+        for name in os.listdir(self.directory):
+            sandbox_id = name.removesuffix(_SUFFIX)
+            if not name.endswith(_SUFFIX) or not ID_RE.fullmatch(sandbox_id):
+                continue
+            try:
+                text = files.read_file(self.directory / name)
+                head = RecordHead.from_json(text) if text is not None else None
+            except (files.StateError, ValueError):
+                continue
+            if head is not None and head.sandbox_id == sandbox_id:
+                found.append(head)
+        return found
+
+    def _reclaim(self, sandbox_id: str) -> None:
+        """A stale record's full teardown (as a sweep does); a corrupt one is left to doctor."""
+        path = self.directory / f"{sandbox_id}{_SUFFIX}"
+        try:
+            text = files.read_file(path)
+            record = SandboxRecord.from_json(text, path) if text is not None else None
+        except (CorruptStateError, files.StateError):
+            return
+        if record is None:
+            return
+        if self.on_stale is not None:
+            self.on_stale(record)
+        else:
+            self.unbind_netns(record)
+            self.remove(record)
 
     def _sweep(self, is_stale: Callable[[SandboxRecord], bool]) -> list[SandboxRecord]:
         """Live records; stale ones are reclaimed, half-written ones removed. Call locked."""

@@ -18,6 +18,7 @@ LAUNCH_PATH = [
     "nsrun.process.shim",
     "nsrun.process.shim_main",
     "nsrun.process.readiness",
+    "nsrun.cni.entry",  # what engines exec once per CNI call
 ]
 HEAVY = {
     "typing",

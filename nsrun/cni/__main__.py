@@ -1,0 +1,3 @@
+from nsrun.cni.entry import main
+
+main()
