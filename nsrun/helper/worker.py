@@ -29,6 +29,10 @@ _MAX_FD: Final = 1 << 16
 _TEARDOWN_FAILED: Final = 4
 
 
+_DYING_CLIENT_WAIT: Final = 2.0  # seconds
+_DYING_CLIENT_POLL: Final = 0.002
+
+
 class _Handover(BaseException):  # not an error: how a launch leaves the command line (past its handlers)
     pass
 
@@ -248,9 +252,20 @@ def _reclaim_dead_client(dirs: StateDirs, client_pid: int) -> list[str]:
 
     failures: list[str] = []
     for record in registry(dirs).all_records():
-        if record.pid == client_pid and is_stale(record):
+        if record.pid == client_pid and _ended(record, is_stale):
             failures += teardown_sandbox(dirs, record, pinned=False)
     return failures
+
+
+def _ended(record: Any, is_stale: Any) -> bool:
+    """The client's connection closed: it is dying. Its files close before the kernel marks it a
+    zombie, so it may still look alive for a moment; wait for that (a bounded while)."""
+    deadline = time.monotonic() + _DYING_CLIENT_WAIT
+    while not is_stale(record):
+        if time.monotonic() > deadline:
+            return False  # it closed its connection and lives on: its record stays its own
+        time.sleep(_DYING_CLIENT_POLL)
+    return True
 
 
 def _record_of(dirs: StateDirs, sandbox_id: str, holder: int) -> Any:
