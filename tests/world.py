@@ -152,6 +152,12 @@ class World:
                     found.append(pid)
         return found
 
+    def unique(self, seconds: int) -> str:
+        """A `sleep` duration of about `seconds` that only this world's processes use: process
+        lookups (`pids_running`) see the whole machine, where the other backend's copy of the
+        same test runs beside this one."""
+        return f"{seconds}.{self.pid}"
+
     def helper_running(self) -> bool:
         """Whether the world's warm helper listens (it starts after the first launch)."""
         return self.run("test", "-S", "/run/nsrun/helper.sock").returncode == 0

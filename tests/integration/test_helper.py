@@ -150,7 +150,8 @@ def test_a_client_killed_is_torn_down_by_the_helper(world: World) -> None:
     start_helper(world)
     assert world.nsrun("-p", "8080", "--", "true").returncode == 0  # the ports chain, made once
     before = world.snapshot()
-    proc = world.nsrun_popen("-p", "8080", "--", "sleep", "60")
+    duration = world.unique(60)
+    proc = world.nsrun_popen("-p", "8080", "--", "sleep", duration)
     world.wait_for(lambda: len(json.loads(world.nsrun("ls", "--json").stdout)) == 1, what="the sandbox")
     os.kill(proc.pid, signal.SIGKILL)  # nsenter execs nsrun: this is nsrun itself
     proc.wait()
@@ -160,7 +161,7 @@ def test_a_client_killed_is_torn_down_by_the_helper(world: World) -> None:
     except AssertionError:
         after = world.snapshot()
         raise AssertionError({k: (before[k], after[k]) for k in before if before[k] != after[k]}) from None
-    assert not world.pids_running("sleep 60")
+    assert not world.pids_running(f"sleep {duration}")
 
 
 def test_the_helper_exits_when_idle(world: World) -> None:

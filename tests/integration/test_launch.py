@@ -153,18 +153,19 @@ def test_sigkill_of_nsrun_kills_command_and_frees_address(world: World, tmp_path
     # a /30 has a single address for sandboxes: the next launch only works if it is reclaimed
     assert world.nsrun("network", "create", "one", "--subnet", "10.125.0.0/30").returncode == 0
     ready = tmp_path / "ready"
+    duration = world.unique(301)
     # the grandchild ignores SIGTERM: only the end of the PID namespace takes it along
     launcher = world.nsrun_popen(
-        "--network", "one", "--", "sh", "-c", f"(trap '' TERM; exec sleep 301.25) & touch {ready}; wait"
+        "--network", "one", "--", "sh", "-c", f"(trap '' TERM; exec sleep {duration}) & touch {ready}; wait"
     )
     world.wait_for(ready.exists, what="sandbox start")
-    world.wait_for(lambda: world.pids_running("sleep 301.25"), what="the grandchild")
+    world.wait_for(lambda: world.pids_running(f"sleep {duration}"), what="the grandchild")
     busy = world.nsrun("--network", "one", "--", "true")
     assert busy.returncode == 125
     assert "no free address" in busy.stderr
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
-    world.wait_for(lambda: not world.pids_running("301.25"), what="everything in the sandbox to die with nsrun")
+    world.wait_for(lambda: not world.pids_running(duration), what="everything in the sandbox to die with nsrun")
     result = world.nsrun("--network", "one", "--", "ip", "-4", "-o", "addr", "show", "eth0")
     assert result.returncode == 0, result.stderr
     assert "10.125.0.2/30" in result.stdout
@@ -172,9 +173,10 @@ def test_sigkill_of_nsrun_kills_command_and_frees_address(world: World, tmp_path
 
 
 def test_leftover_processes_are_ended_with_the_command(world: World) -> None:
-    result = world.nsrun("--", "sh", "-c", "setsid sleep 302.25 > /dev/null 2>&1 &")
+    duration = world.unique(302)
+    result = world.nsrun("--", "sh", "-c", f"setsid sleep {duration} > /dev/null 2>&1 &")
     assert result.returncode == 0, result.stderr
-    assert not world.pids_running("sleep 302.25")
+    assert not world.pids_running(f"sleep {duration}")
     assert not [n for n in world.links() if n.startswith("nsv")]
 
 

@@ -89,14 +89,16 @@ def test_three_redis_on_one_port_detached_ready_and_named(world: World) -> None:
 
 
 def test_stop_ends_a_server_that_ignores_sigterm_within_its_timeout(world: World) -> None:
-    started = world.nsrun("-d", "--name", "stubborn", "--", "sh", "-c", "trap '' TERM; sleep 300 & wait; sleep 300")
+    duration = world.unique(300)
+    script = f"trap '' TERM; sleep {duration} & wait; sleep {duration}"
+    started = world.nsrun("-d", "--name", "stubborn", "--", "sh", "-c", script)
     assert started.returncode == 0, started.stderr
     begin = time.monotonic()
     stopped = world.nsrun("stop", "-t", "1", "stubborn")
     assert stopped.returncode == 0, stopped.stderr
     assert time.monotonic() - begin < 5
     assert world.nsrun("wait", "stubborn").stdout.strip() == "137"
-    assert not world.pids_running("sleep 300")
+    assert not world.pids_running(f"sleep {duration}")
 
 
 def test_wait_port_timeout_stops_the_sandbox_and_shows_its_log(world: World) -> None:
@@ -175,7 +177,7 @@ def _default_sigint() -> None:
 
 def test_ctrl_c_stops_a_shell_loop_at_the_first_press(world: World, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    duration = f"5.{os.getpid()}"  # this test's own sleep: the other backend's runs beside it
+    duration = world.unique(5)
     loop = (
         f"for i in 1 2 3; do echo $i >> {tmp_path / 'seen'}; {sys.executable} -m nsrun -- sleep {duration}"
         f" 2>> {log}; echo status $? >> {log}; done; echo done"
@@ -304,11 +306,12 @@ def test_pytest_fixture_reports_a_server_that_died(world: World, tmp_path: Path)
 
 
 def test_detached_sandbox_survives_its_caller_and_kill_9_of_its_shim_leaks_nothing(world: World) -> None:
-    assert world.nsrun("-d", "--name", "bg", "--", "sh", "-c", "sleep 303.5 & wait").returncode == 0
+    duration = world.unique(303)
+    assert world.nsrun("-d", "--name", "bg", "--", "sh", "-c", f"sleep {duration} & wait").returncode == 0
     record = json.loads(world.nsrun("ls", "--json").stdout)[0]
-    assert world.pids_running("sleep 303.5")
+    assert world.pids_running(f"sleep {duration}")
     subprocess.run(["kill", "-9", str(record["pid"])], check=True)  # the shim, as an OOM killer would
-    world.wait_for(lambda: not world.pids_running("sleep 303.5"), what="the sandbox to die with its shim")
+    world.wait_for(lambda: not world.pids_running(f"sleep {duration}"), what="the sandbox to die with its shim")
     assert json.loads(world.nsrun("ls", "--json").stdout) == []  # reclaimed
     assert world.nsrun("--", "true").returncode == 0
     world.wait_for(lambda: not [n for n in world.links() if n.startswith("nsv")], what="no veth left")
