@@ -24,6 +24,7 @@ __all__ = ["HANDED_OVER", "handle_request", "prepare", "record_started", "teardo
 
 HANDED_OVER: Final = 3  # the worker's exit status when the client now runs a sandbox
 _RECLAIM_LOCK: Final = "reclaim.lock"  # under /run/nsrun: one reclaim at a time, and when the last one ran
+_RECLAIM_QUEUED: Final = "reclaim.queued.lock"  # held by the one reclaim waiting to start
 _RECLAIM_EVERY: Final = 1.0
 _MAX_FD: Final = 1 << 16
 _TEARDOWN_FAILED: Final = 4
@@ -122,23 +123,29 @@ def _reclaim_later(dirs: StateDirs, network: str | None) -> None:
     """After a hand-over, in a process of its own at the lowest priority (so that it takes no
     time from launches), at most once a second and one at a time: what dead sandboxes left
     (their client and the helper killed together; in-process launches killed) is reclaimed, as
-    a launch in-process does on its way."""
-    lock = dirs.run / _RECLAIM_LOCK
+    a launch in-process does on its way. A reclaim always starts after this launch: this one
+    queues one, unless one is queued already (it has not started yet, so it will see the same)."""
+    from nsrun.state.files import open_private
+
+    queued = open_private(dirs.run / _RECLAIM_QUEUED, os.O_RDWR | os.O_CREAT)
     try:
-        if time.time() - os.stat(lock).st_mtime < _RECLAIM_EVERY:
-            return
-    except OSError:
-        pass
+        fcntl.flock(queued, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(queued)
+        return
     if os.fork() != 0:
+        os.close(queued)  # the queued place is the child's now (the lock goes with its last fd)
         return
     try:
-        os.closerange(3, _MAX_FD)  # nothing of the launch's (its namespace, the client's socket)
+        os.closerange(3, queued)  # nothing of the launch's (its namespace, the client's socket)
+        os.closerange(queued + 1, _MAX_FD)
         os.nice(19)
         from nsrun.launch.records import reclaim_stale
-        from nsrun.state.files import open_private
 
-        fd = open_private(lock, os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another one runs: BlockingIOError, exit
+        fd = open_private(dirs.run / _RECLAIM_LOCK, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # after the one that runs, if one does
+        time.sleep(max(0.0, os.fstat(fd).st_mtime + _RECLAIM_EVERY - time.time()))
+        os.close(queued)  # started: the next launch queues another
         os.utime(fd)
         reclaim_stale(dirs, network)
     finally:
