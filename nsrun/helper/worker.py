@@ -137,7 +137,12 @@ def _reclaim_later(dirs: StateDirs, network: str | None) -> None:
         os.close(queued)  # the queued place is the child's now (the lock goes with its last fd)
         return
     try:
-        os.closerange(3, queued)  # nothing of the launch's (its namespace, the client's socket)
+        # nothing of the launch's: not the client's stdio (a caller reading the command's output
+        # until its end would wait for this process too), its namespace or its socket
+        null = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(null, target)
+        os.closerange(3, queued)
         os.closerange(queued + 1, _MAX_FD)
         os.nice(19)
         from nsrun.launch.records import reclaim_stale

@@ -207,3 +207,20 @@ def test_a_confined_root_in_a_sandbox_cannot_use_the_helper(world: World, host_d
     inner = world.nsrun("--", sys.executable, "-m", "nsrun", "--", "true")
     assert inner.returncode == 125
     assert "CAP_SYS_ADMIN" in inner.stderr
+
+
+def test_the_output_pipe_ends_with_nsrun(world: World) -> None:
+    """What nsrun leaves working after it exits (a reclaim queued after each hand-over) holds none
+    of its stdio: a caller reading the command's output to its end is not kept waiting."""
+    import select
+    import subprocess
+
+    start_helper(world)
+    for _ in range(3):
+        proc = world.popen(sys.executable, "-m", "nsrun", "--", "echo", "out", stdout=subprocess.PIPE)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "out\n"
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        assert ready, "something still holds nsrun's stdout"
+        assert proc.stdout.read() == ""  # the end of the pipe: no writer is left
