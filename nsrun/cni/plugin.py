@@ -230,41 +230,10 @@ def delete(invocation: Invocation, conf: NetConf, dirs: StateDirs) -> None:
     sandbox_id = spec.attachment_id(conf.network, invocation.container_id, invocation.ifname)
     record = registry(dirs).get(sandbox_id)
     if record is None or not record.attached:
-        _release_orphan_lease(dirs, conf.network, sandbox_id)
-        return
+        return  # never made, or gone already (its record goes last: nothing of it is left)
     failures = teardown_sandbox(dirs, record, pinned=False)
     if failures:
         raise CniError(spec.OPERATION_FAILED, f"DEL of container {invocation.container_id}", "; ".join(failures))
-
-
-def _release_orphan_lease(dirs: StateDirs, network: str, sandbox_id: str) -> None:
-    """An ADD killed between its lease and its record: the lease goes too, if its holder is dead."""
-    from nsrun.launch.records import is_stale
-    from nsrun.networks import manager
-
-    store = manager.lease_store(dirs, network)
-    if not store.directory.is_dir():
-        return
-    spec_ = manager.network_store(dirs).get(network)
-    with store.locked():
-        for lease in store.leases():
-            if lease.sandbox_id == sandbox_id and is_stale(_lease_as_record(lease)):
-                with contextlib.suppress(NsrunError, OSError):
-                    from nsrun.net import netlink
-
-                    with contextlib.closing(netlink.IPRoute()) as ipr:
-                        netlink.delete_link(ipr, lease.veth)
-                store.release(lease)
-                if spec_ is not None:
-                    manager.remove_host_entries(dirs, spec_, lease)
-
-
-def _lease_as_record(lease: Any) -> Any:
-    from nsrun.state.registry import RecordHead
-
-    return RecordHead(
-        lease.sandbox_id, lease.name, lease.pid, lease.start_time, lease.pidns, None, (), lease.container_id
-    )
 
 
 def check(invocation: Invocation, conf: NetConf, dirs: StateDirs) -> None:

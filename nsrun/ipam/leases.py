@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 from nsrun.state import files
 from nsrun.state.locks import locked
+from nsrun.state.registry import CONTAINER_ID_RE
 from nsrun.state.schema import ID_RE, NAME_RE, CorruptStateError, parse_json
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ _INTACT: Final = "intact"
 _VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
 _ADDRESS_RE: Final = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _HOSTNAME_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,63})?")
-_CONTAINER_ID_RE: Final = re.compile(r"([A-Za-z0-9][A-Za-z0-9_.\-]{0,254})?")
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Lease:
             created=fields.number("created", default=0.0),
             pidns=fields.integer("pidns", default=0),
             hostname=fields.text("hostname", _HOSTNAME_RE, default=""),
-            container_id=fields.text("container_id", _CONTAINER_ID_RE, default=""),
+            container_id=fields.text("container_id", CONTAINER_ID_RE, default=""),
         )
         try:
             ipaddress.IPv4Address(lease.address)
