@@ -87,7 +87,7 @@ class Network:
             internal=internal,
             no_host_access=no_host_access,
         )
-        with contextlib.closing(netlink.IPRoute()) as ipr:
+        with contextlib.closing(netlink.Rtnl()) as ipr:
             return cls._of(manager.create_network(_dirs(dirs), ipr, request))
 
     @classmethod
@@ -125,5 +125,5 @@ class Network:
         from nsrun.net import netlink
         from nsrun.networks import manager
 
-        with contextlib.closing(netlink.IPRoute()) as ipr:
+        with contextlib.closing(netlink.Rtnl()) as ipr:
             manager.remove_network(_dirs(dirs), ipr, name)

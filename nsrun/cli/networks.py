@@ -18,7 +18,7 @@ __all__ = ["network_create", "network_inspect", "network_ls", "network_rm"]
 def _host() -> Any:
     from nsrun.net import netlink
 
-    return netlink.IPRoute()
+    return netlink.Rtnl()
 
 
 @network_app.command("create", cls=Command, short_help="Create a network.")

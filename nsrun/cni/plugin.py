@@ -133,7 +133,7 @@ def _made(invocation: Invocation, network: NetworkSpec, sandbox_id: str, sandbox
 def _link_mac(name: str) -> str:
     from nsrun.net import netlink
 
-    with contextlib.closing(netlink.IPRoute()) as ipr:
+    with contextlib.closing(netlink.Rtnl()) as ipr:
         return netlink.link_mac(ipr, name)
 
 
@@ -211,7 +211,7 @@ def _ensure_network(dirs: StateDirs, conf: NetConf) -> NetworkSpec | None:
     from nsrun.net import netlink
     from nsrun.networks.spec import NetworkRequest
 
-    with contextlib.closing(netlink.IPRoute()) as ipr:
+    with contextlib.closing(netlink.Rtnl()) as ipr:
         try:
             request = NetworkRequest(conf.network, subnet=conf.subnet)
             return manager.create_network(dirs, ipr, request, check=_check_request(conf))
@@ -260,7 +260,7 @@ def _interface_problems(dirs: StateDirs, invocation: Invocation, record: Sandbox
 
     network = manager.network_store(dirs).get(record.network)
     problems = []
-    with contextlib.closing(netlink.IPRoute()) as ipr:
+    with contextlib.closing(netlink.Rtnl()) as ipr:
         ports = netlink.bridge_ports(ipr, network.bridge) if network is not None else None
     if ports is None or f"nsv{record.sandbox_id}" not in ports:
         problems.append(f"veth nsv{record.sandbox_id} is not a port of the network's bridge")
@@ -303,7 +303,7 @@ def status(_invocation: Invocation, conf: NetConf, dirs: StateDirs) -> None:
 
     try:
         network = _ensure_network(dirs, conf)
-        with contextlib.closing(netlink.IPRoute()) as ipr:
+        with contextlib.closing(netlink.Rtnl()) as ipr:
             if network is None:
                 network = manager.load_network(dirs, ipr, conf.network)
             store = manager.lease_store(dirs, network.name)

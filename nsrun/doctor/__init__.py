@@ -72,7 +72,7 @@ def run_checks(dirs: StateDirs) -> list[Check]:
     with contextlib.suppress(Exception):
         from nsrun.net import netlink
 
-        ipr = netlink.IPRoute()
+        ipr = netlink.Rtnl()
     try:
         checks += _guarded("networks", lambda: networks.check_networks(view, ipr))
         checks += _guarded("sandboxes", lambda: networks.check_sandboxes(view))

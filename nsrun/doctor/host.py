@@ -90,9 +90,9 @@ def kernel_links() -> list[Check]:
     def links() -> None:
         from nsrun.net import netlink
 
-        with contextlib.closing(netlink.IPRoute()) as ipr:
-            ipr.link("add", ifname="nsrun-probe0", kind="bridge")
-            ipr.link("add", ifname="nsrun-probe1", kind="veth", peer={"ifname": "nsrun-probe2"})
+        with contextlib.closing(netlink.Rtnl()) as rtnl:
+            netlink.add_bridge(rtnl, "nsrun-probe0")
+            netlink.add_veth_pair(rtnl, "nsrun-probe1", "nsrun-probe2")
 
     if (error := _in_throwaway_netns(lambda: None)) is not None:
         fail = Check("kernel: network namespaces", Status.FAIL, error, "a kernel with CONFIG_NET_NS, and root")

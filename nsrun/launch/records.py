@@ -140,6 +140,6 @@ def reclaim_stale(dirs: StateDirs, network: str | None = None) -> None:
     store = manager.lease_store(dirs, network)
     if spec is None or not store.directory.is_dir():
         return
-    with contextlib.closing(netlink.IPRoute()) as ipr, store.locked():
+    with contextlib.closing(netlink.Rtnl()) as ipr, store.locked():
         manager.sweep_stale_leases(ipr, store)
         manager.refresh_hosts(dirs, spec, store)

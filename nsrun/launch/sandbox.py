@@ -410,7 +410,7 @@ class Sandbox:
         from nsrun.net.plan import SANDBOX_IFNAME, AttachPlan, host_veth_name, sandbox_mac
         from nsrun.networks import manager
 
-        host = netlink.IPRoute()
+        host = netlink.Rtnl()
         self._scratch.callback(host.close)
         network = manager.load_network(self.dirs, host, self.request.network, check=self._check_address)
         self.network = network

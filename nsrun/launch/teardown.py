@@ -109,7 +109,7 @@ def _remove_veth(sandbox_id: str, wait: float) -> None:
             return
         time.sleep(pause)
         pause = min(pause * 2, _LONGEST_PAUSE)
-    with contextlib.closing(netlink.IPRoute()) as ipr:
+    with contextlib.closing(netlink.Rtnl()) as ipr:
         netlink.delete_link(ipr, name)
 
 

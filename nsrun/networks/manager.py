@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from nsrun.ipam.leases import Lease
-    from nsrun.net.netlink import IPRoute
+    from nsrun.net.netlink import Rtnl
     from nsrun.state.paths import StateDirs
 
 __all__ = [
@@ -72,7 +72,7 @@ def firewall_lock(dirs: StateDirs) -> contextlib.AbstractContextManager[None]:
     return locked(dirs.run / "firewall.lock", "the firewall lock")
 
 
-def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None) -> list[tuple[AnyNetwork, str]]:
+def _taken_subnets(ipr: Rtnl, store: NetworkStore, exclude: str | None = None) -> list[tuple[AnyNetwork, str]]:
     taken: list[tuple[AnyNetwork, str]] = []
     for spec in store.all():
         if spec.name != exclude:
@@ -85,7 +85,7 @@ def _taken_subnets(ipr: IPRoute, store: NetworkStore, exclude: str | None = None
 
 def create_network(
     dirs: StateDirs,
-    ipr: IPRoute,
+    ipr: Rtnl,
     request: NetworkRequest,
     check: Callable[[NetworkSpec], None] | None = None,
 ) -> NetworkSpec:
@@ -154,7 +154,7 @@ def create_network(
 
 
 def load_network(
-    dirs: StateDirs, ipr: IPRoute, name: str, check: Callable[[NetworkSpec], None] | None = None
+    dirs: StateDirs, ipr: Rtnl, name: str, check: Callable[[NetworkSpec], None] | None = None
 ) -> NetworkSpec:
     """The network's definition, passed through `check`; the default network is created on first
     use, but only once `check` accepted it, so a rejected request leaves no network behind."""
@@ -244,7 +244,7 @@ class HostSide:
     repaired: bool  # rules were missing (a flush, a firewall reload): its sandboxes' own need it too
 
 
-def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec, store: LeaseStore | None = None) -> HostSide:
+def ensure_host_side(dirs: StateDirs, ipr: Rtnl, spec: NetworkSpec, store: LeaseStore | None = None) -> HostSide:
     """Bridge, gateway address, forwarding and firewall rules in place; repairs whatever is missing
     (after a reboot, `nft flush ruleset`, a firewall reload). A network whose rules another
     backend installed is moved to the wanted one, so its record always names where its rules are.
@@ -281,7 +281,7 @@ def ensure_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec, store: Le
     return HostSide(index, spec, repaired or created)
 
 
-def _remove_host_side(dirs: StateDirs, ipr: IPRoute, spec: NetworkSpec) -> None:
+def _remove_host_side(dirs: StateDirs, ipr: Rtnl, spec: NetworkSpec) -> None:
     """Rules, then bridge: each step runs even if the other failed; failures are reported together."""
     failures = []
     steps: list[tuple[str, Callable[[], None]]] = [
@@ -302,7 +302,7 @@ def _teardown_rules(dirs: StateDirs, spec: NetworkSpec) -> None:
         firewall.teardown_network_firewall(spec.firewall, spec.rules)
 
 
-def reclaim_lease(ipr: IPRoute, lease: Lease) -> None:
+def reclaim_lease(ipr: Rtnl, lease: Lease) -> None:
     """Undo what a dead holder left: processes still in its namespace, its host veth."""
     # the veth exists exactly as long as the namespace does, so its inode cannot have been reused
     if netlink.link_exists(ipr, lease.veth):
@@ -316,7 +316,7 @@ def _is_stale(lease: Lease) -> bool:
     return not (lease.attached and liveness.attachment_alive(lease.veth))
 
 
-def sweep_stale_leases(ipr: IPRoute, store: LeaseStore) -> int:
+def sweep_stale_leases(ipr: Rtnl, store: LeaseStore) -> int:
     """Reclaim leases whose holder is gone. Call under `store.locked()`."""
     return reclaim_stale(store, _is_stale, lambda lease: reclaim_lease(ipr, lease))
 
@@ -379,14 +379,14 @@ def remove_host_entries(dirs: StateDirs, spec: NetworkSpec, lease: Lease) -> Non
     files.rewrite_in_place(path, etc.network_hosts_of(kept))
 
 
-def live_leases(dirs: StateDirs, ipr: IPRoute, name: str) -> list[Lease]:
+def live_leases(dirs: StateDirs, ipr: Rtnl, name: str) -> list[Lease]:
     store = lease_store(dirs, name)
     with store.locked():
         sweep_stale_leases(ipr, store)
         return store.leases()
 
 
-def remove_network(dirs: StateDirs, ipr: IPRoute, name: str) -> None:
+def remove_network(dirs: StateDirs, ipr: Rtnl, name: str) -> None:
     store = network_store(dirs)
     with networks_lock(dirs):
         spec = store.get(name)
