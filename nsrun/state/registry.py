@@ -18,6 +18,7 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -81,10 +82,9 @@ class SandboxRecord:
         return bool(self.container_id)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data["namespaces"] = {kind: list(value) for kind, value in self.namespaces.items()}
-        data["env"] = [list(pair) for pair in self.env]
-        return json.dumps(data)
+        # shallow: asdict's deep copy of the environment costs a launch more than the write itself
+        # (json writes tuples as lists)
+        return json.dumps({item.name: getattr(self, item.name) for item in dataclass_fields(self)})
 
     @classmethod
     def from_json(cls, text: str, path: Path | str = "record") -> SandboxRecord:
