@@ -119,10 +119,20 @@ def main() -> NoReturn:
     argv = sys.argv[1:]
 
     status = _through_helper(argv)
-    if status is None:
-        from nsrun.cli.app import run_cli
+    if status is not None:
+        if (signum := pending_signal()) is not None:
+            die_by(signum)
+        # the thin client holds nothing to finalise: a few milliseconds of interpreter shutdown
+        # (module teardown, collection) are not worth waiting for
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass  # a reader that went away (`nsrun ... | head`): nothing more to say to it
+        os._exit(status)
+    from nsrun.cli.app import run_cli
 
-        status = run_cli(argv)
+    status = run_cli(argv)
     if (signum := pending_signal()) is not None:
         die_by(signum)
     sys.exit(status)

@@ -27,11 +27,15 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the 
 if TYPE_CHECKING:
     from typing import Any, Final
 
-__all__ = ["LOCK_NAME", "LOG_NAME", "SOCKET_NAME", "Channel", "version"]
+__all__ = ["LOCK_NAME", "LOG_NAME", "SOCKET_NAME", "Channel", "code_stamp", "version"]
 
 SOCKET_NAME: Final = "helper.sock"
 LOCK_NAME: Final = "helper.lock"
 LOG_NAME: Final = "helper.log"  # what the running helper says (its errors)
+
+
+_INSTALLED_IN: Final = frozenset({"site-packages", "dist-packages"})
+_BYTECODE_CACHE: Final = "__pycache__"
 
 
 def version() -> str:
@@ -41,12 +45,24 @@ def version() -> str:
     import nsrun
 
     package = os.path.dirname(nsrun.__file__)
+    return f"{nsrun.__version__} {package} {code_stamp(package)} {sys.version}"
+
+
+def code_stamp(package: str) -> int:
+    """When the code under `package` last changed. A copy pip installed changes only by pip, which
+    removes and writes files: the folders' own times move, and 20 folders are read instead of
+    100 files (1 ms less at every launch). A checkout is edited in place: there every file counts."""
+    installed = os.path.basename(os.path.dirname(package)) in _INSTALLED_IN
     newest = 0
-    for folder, _dirs, files in os.walk(package):
+    for folder, dirs, files in os.walk(package):
+        dirs[:] = [name for name in dirs if name != _BYTECODE_CACHE]  # Python writes there on import
+        if installed:
+            newest = max(newest, os.stat(folder).st_mtime_ns)
+            continue
         for name in files:
             if name.endswith(".py"):
                 newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime_ns)
-    return f"{nsrun.__version__} {package} {newest} {sys.version}"
+    return newest
 
 
 class Channel:
