@@ -49,6 +49,10 @@ class Launch:
         log: str | None = None,  # a detached sandbox's log
         warnings: list[str] | None = None,
         owned: list[int] | None = None,  # descriptors this side holds for the sandbox's life
+        # its teardown needs the namespaces pinned until it says "release"; else they are let go
+        # when the command ends: the kernel then takes the network namespace down (and its veth)
+        # while the teardown is asked for, not after
+        pinned_for_teardown: bool = True,
     ) -> None:
         self.plan = plan
         self.fds = fds
@@ -57,6 +61,7 @@ class Launch:
         self.log = log
         self.warnings = warnings or []
         self.owned = owned or []
+        self.pinned_for_teardown = pinned_for_teardown
 
     def release(self) -> None:
         wire.close_fds(self.owned)
@@ -165,6 +170,8 @@ def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
             shim.close()
             launch.release()
 
+        if not launch.pinned_for_teardown:
+            release()
         failures = controller.ended(outcome.exit_code, release)
     finally:
         shim.close()

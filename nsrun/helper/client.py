@@ -299,6 +299,7 @@ def _launch(channel: Channel, info: dict[str, Any], fds: list[int], report: int 
         log=info.get("log"),
         warnings=[str(w) for w in info.get("warnings", [])],
         owned=fds,
+        pinned_for_teardown=bool(info.get("pinned_for_teardown", True)),
     )
     controller = _HelperController(channel, str(info["id"]), entry=bool(info.get("entry")))
     return drive(launch, controller, Reporter(report))

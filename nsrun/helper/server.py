@@ -304,7 +304,7 @@ def _spare(dirs: StateDirs, sock: wire.Socket) -> NoReturn:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     gc.disable()  # one short job: a collection would only copy pages shared with the helper
-    worker.prepare()
+    worker.prepare(lambda: bool(select.select([sock], [], [], 0)[0]))
     try:
         job, fds = wire.receive(sock)
     except (OSError, wire.WireError):

@@ -224,3 +224,21 @@ def test_the_output_pipe_ends_with_nsrun(world: World) -> None:
         ready, _, _ = select.select([proc.stdout], [], [], 0.5)
         assert ready, "something still holds nsrun's stdout"
         assert proc.stdout.read() == ""  # the end of the pipe: no writer is left
+
+
+def test_a_spare_rehearses_both_jobs_and_changes_nothing(world: World) -> None:
+    """A spare worker runs over a launch's and a teardown's code before its job comes (the pages
+    it touches are copied then, not during the launch): it must change nothing, beside a running
+    sandbox and its filters too, and must not fail silently (its `prepare` hides failures)."""
+
+    def rehearse_changes_nothing() -> None:
+        before = world.snapshot()
+        result = world.run(sys.executable, "-c", "from nsrun.helper.worker import rehearse; rehearse(); print('ok')")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "ok\n"
+        assert world.snapshot() == before
+
+    rehearse_changes_nothing()  # on a fresh host
+    assert world.nsrun("-d", "--name", "beside", "--", "sleep", world.unique(300)).returncode == 0
+    rehearse_changes_nothing()  # beside a running sandbox, its bridge-port filter and the table
+    assert [s["name"] for s in json.loads(world.nsrun("ls", "--json").stdout)] == ["beside"]
