@@ -162,6 +162,18 @@ class World:
         """Whether the world's warm helper listens (it starts after the first launch)."""
         return self.run("test", "-S", "/run/nsrun/helper.sock").returncode == 0
 
+    @staticmethod
+    def holds_signals(pid: int) -> bool:
+        """Whether the nsrun process `pid` runs its own code: its entry point holds SIGUSR1 among
+        other signals (Python alone catches only SIGINT). A Ctrl-C before that hits the
+        interpreter's start-up, which no program can handle, not nsrun's."""
+        try:
+            with open(f"/proc/{pid}/status") as source:
+                caught = next(line for line in source if line.startswith("SigCgt:")).split()[1]
+        except (OSError, StopIteration):
+            return False
+        return bool(int(caught, 16) >> (signal.SIGUSR1 - 1) & 1)
+
     def wait_for(self, predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -212,7 +212,10 @@ def test_ctrl_c_during_setup_aborts_cleanly(world: World, moment: float, helper:
     world.wait_for(lambda: helper == "off" or world.helper_running(), what="the helper")
     before = _without_logbook(world.snapshot())
     proc = world.popen(sys.executable, "-m", "nsrun", "--name", "x", "--", "sleep", "30")
-    time.sleep(moment)
+    started = time.monotonic()
+    # the moments count from nsrun's own start (a loaded machine may take them for Python's)
+    world.wait_for(lambda: world.holds_signals(proc.pid), timeout=20, what="nsrun's entry point")
+    time.sleep(max(0.0, moment - (time.monotonic() - started)))
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == -signal.SIGINT
