@@ -12,6 +12,7 @@ from nsrun.firewall.base import open_backend
 if TYPE_CHECKING:
     from collections.abc import Callable
     from contextlib import AbstractContextManager
+    from pathlib import Path
 
     from nsrun.firewall.base import ForwardCoexistence
     from nsrun.firewall.portguard import PortGuard
@@ -25,6 +26,7 @@ __all__ = [
     "ensure_network_firewall",
     "guard_port",
     "publish_ports",
+    "remove_bridge_filters",
     "remove_sandbox_rules",
     "sandbox_rules_present",
     "teardown_network_firewall",
@@ -53,10 +55,30 @@ def _worlds(*, with_legacy: bool) -> list[ForwardCoexistence]:
     return worlds
 
 
-def ensure_network_firewall(backend: str, rules: NetworkRules) -> bool:
-    """True if anything had to be (re)installed."""
+def ensure_network_firewall(backend: str, rules: NetworkRules, memo: Path | None = None) -> bool:
+    """True if anything had to be (re)installed. With `memo` (see `nsrun.firewall.checked`), no
+    check is made while nf_tables' ruleset is as it was when one found the rules complete.
+    Call under the firewall lock."""
     if backend == "none":
         return False
+    from nsrun.firewall.iptables import legacy_filter_in_use
+
+    if memo is None or backend != "nftables" or legacy_filter_in_use():
+        return _ensure_network_firewall(backend, rules)
+    from nsrun.firewall import checked
+    from nsrun.firewall.nftables import commits
+    from nsrun.net.netlink import ruleset_generation
+
+    before = ruleset_generation()
+    if checked.is_current(memo, rules.network, before):
+        return False
+    made = commits()
+    changed = _ensure_network_firewall(backend, rules)
+    checked.note_checked(memo, rules.network, before, commits() - made)
+    return changed
+
+
+def _ensure_network_firewall(backend: str, rules: NetworkRules) -> bool:
     changed = open_backend(backend).ensure_network(rules)
     for world in _worlds(with_legacy=backend != "iptables"):
         for chain in world.foreign_drops():
@@ -80,14 +102,23 @@ def coexistence_status(backend: str, rules: NetworkRules) -> list[tuple[ForeignC
     ]
 
 
-def publish_ports(backend: str, ports: PortRules) -> None:
-    open_backend(backend).add_ports(ports)
+def _own_changes(memo: Path | None) -> AbstractContextManager[None]:
+    if memo is None:
+        return contextlib.nullcontext()
+    from nsrun.firewall.checked import own_changes
+
+    return own_changes(memo)
 
 
-def guard_port(backend: str, guard: PortGuard, lock: Lock) -> bool:
+def publish_ports(backend: str, ports: PortRules, memo: Path | None = None) -> None:
+    with _own_changes(memo if backend == "nftables" else None):
+        open_backend(backend).add_ports(ports)
+
+
+def guard_port(backend: str, guard: PortGuard, lock: Lock, memo: Path | None = None) -> bool:
     """Filter what the sandbox sends into its bridge (nftables' bridge family, whatever the
     network's backend: ebtables has no Python binding); False where nf_tables is unavailable.
-    Under `lock` (the firewall lock): the last filter's removal takes the table along."""
+    Under `lock` (the firewall lock): the last network's removal takes the table along."""
     if backend == "none":
         return False
     from nsrun.firewall.nftables import NftablesBackend
@@ -96,9 +127,18 @@ def guard_port(backend: str, guard: PortGuard, lock: Lock) -> bool:
         nft = NftablesBackend()
     except NsrunError:
         return False
-    with lock():
+    with lock(), _own_changes(memo):
         nft.add_port_guard(guard)
     return True
+
+
+def remove_bridge_filters() -> None:
+    """The bridge-port filters' table, once nsrun has no network left (call under the firewall
+    lock, which every filter's addition holds)."""
+    with contextlib.suppress(NsrunError):  # no nf_tables: no table of it either
+        from nsrun.firewall.nftables import NftablesBackend
+
+        NftablesBackend().remove_port_guards()
 
 
 def addresses_in_use() -> dict[str, str]:
@@ -129,19 +169,16 @@ def sandbox_rules_present(backend: str) -> tuple[set[str] | None, set[str]]:
     return guards, published
 
 
-def remove_sandbox_rules(sandbox_id: str, *, published: bool = True, lock: Lock | None = None) -> None:
+def remove_sandbox_rules(sandbox_id: str, *, published: bool = True, memo: Path | None = None) -> None:
     """Remove a sandbox's own rules (published ports, its bridge-port filter) wherever they are:
     a stale sandbox's backend is not recorded. `published=False`: it published no port (its
-    record says so), which spares reading every published port's rule. With `lock` (the
-    firewall lock), the bridge table goes with the last filter."""
-    with contextlib.suppress(NsrunError):
+    record says so), which spares reading every published port's rule. The bridge table stays:
+    it goes with the last network (`remove_bridge_filters`)."""
+    with contextlib.suppress(NsrunError), _own_changes(memo):
         from nsrun.firewall.nftables import NftablesBackend
 
         nft = NftablesBackend()
         nft.remove_port_guard(sandbox_id)
-        if lock is not None:
-            with lock():
-                nft.remove_port_guards_if_unused()
         if published:
             nft.remove_ports(sandbox_id)
     if not published:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from nsrun.firewall.portguard import PortGuard
     from nsrun.firewall.rules import NetworkRules, PortMapping, PortRules, Rule
 
-__all__ = ["FAMILY", "TABLE", "NftablesBackend", "open_nftables"]
+__all__ = ["FAMILY", "TABLE", "NftablesBackend", "commits", "open_nftables"]
 
 FAMILY: Final = "inet"
 TABLE: Final = "nsrun"
@@ -78,6 +78,12 @@ def open_nftables() -> Any:
     nft.set_handle_output(True)
     _contexts.nft = (os.getpid(), nft)
     return nft
+
+
+def commits() -> int:
+    """Write transactions this thread committed through libnftables: each moves nf_tables'
+    generation by one at most (by none where it changed nothing)."""
+    return int(getattr(_contexts, "commits", 0))
 
 
 def in_chain(network: str) -> str:
@@ -172,9 +178,9 @@ class NftablesBackend:
     def add_port_guard(self, guard: PortGuard) -> None:
         """The sandbox's chain and map entry; the table and its dispatch too where missing (the
         first sandbox, or after a flush)."""
-        rc, _, error = self._nft.cmd(guard.script())
+        rc, _, error = self._write(guard.script())
         if rc != 0:
-            rc, _, error = self._nft.cmd(guard.script(with_table=True))
+            rc, _, error = self._write(guard.script(with_table=True))
         if rc != 0:
             raise NsrunError(
                 f"filtering what sandbox {guard.sandbox_id} sends on its bridge",
@@ -186,7 +192,7 @@ class NftablesBackend:
         """Remove the sandbox's bridge-port chain and its entry in the map: by name, one
         transaction. Where that fails (nsrun 0.2's jump rule; a half-made filter) what the
         listing shows of it goes."""
-        rc, _, _ = self._nft.cmd(removal_script(sandbox_id))
+        rc, _, _ = self._write(removal_script(sandbox_id))
         if rc != 0:
             self._remove_listed_port_guard(sandbox_id)
 
@@ -217,21 +223,9 @@ class NftablesBackend:
         if commands:
             self._run(commands, f"removing the bridge-port filter of sandbox {sandbox_id}")
 
-    def remove_port_guards_if_unused(self) -> None:
-        """With the last sandbox's filter gone, the table goes too (call under the firewall lock,
-        which every filter's addition holds: none can come between the look and the delete)."""
-        bridge = {"family": BRIDGE_FAMILY, "table": BRIDGE_TABLE}
-        query = {"list": {"map": {**bridge, "name": PORTS_MAP}}}
-        items = self._list(query, "reading map bridge nsrun ports", missing_ok=True)
-        if any(item.get("map", {}).get("elem") for item in items):
-            return
-        legacy = {"list": {"chain": {**bridge, "name": PORTGUARD_PREROUTING}}}
-        if any("rule" in item for item in self._list(legacy, "reading table bridge nsrun", missing_ok=True)):
-            return  # nsrun 0.2's sandboxes still run
-        self.remove_port_guards()
-
     def remove_port_guards(self) -> None:
-        """The whole bridge table: with the last network, no sandbox is left to filter."""
+        """The whole bridge table: it lives as long as nsrun's networks do (a sandbox's teardown
+        removes only its own chain and map entry), and goes with the last one."""
         self._run_missing_ok(
             [{"delete": {"table": {"family": BRIDGE_FAMILY, "name": BRIDGE_TABLE}}}], "removing table bridge nsrun"
         )
@@ -444,13 +438,20 @@ class NftablesBackend:
         items: list[dict[str, Any]] = output.get("nftables", []) if isinstance(output, dict) else []
         return items
 
+    def _write(self, script: str | dict[str, Any]) -> tuple[int, Any, str]:
+        """One transaction; a committed one is counted (`commits`)."""
+        rc, output, error = self._nft.json_cmd(script) if isinstance(script, dict) else self._nft.cmd(script)
+        if rc == 0:
+            _contexts.commits = commits() + 1
+        return rc, output, error
+
     def _run_missing_ok(self, commands: list[dict[str, Any]], action: str) -> None:
-        rc, _, error = self._nft.json_cmd({"nftables": commands})
+        rc, _, error = self._write({"nftables": commands})
         if rc != 0 and "No such file or directory" not in error:
             raise NsrunError(action, _first_line(error), "run `nsrun doctor`")
 
     def _run(self, commands: list[dict[str, Any]], action: str) -> None:
-        rc, _, error = self._nft.json_cmd({"nftables": commands})
+        rc, _, error = self._write({"nftables": commands})
         if rc != 0:
             raise NsrunError(action, _first_line(error), "run `nsrun doctor` to check nf_tables support")
 

@@ -487,16 +487,14 @@ class Sandbox:
         """Before the port joins the bridge: it may only send as the sandbox's own MAC and addresses."""
         from nsrun.firewall import host as firewall
         from nsrun.firewall.portguard import PortGuard
+        from nsrun.networks.manager import firewall_memo
 
         mac = self.mac = plan.mac
-        # the lock: the bridge table goes too if this was its last filter
-        self._step(
-            "removing the sandbox's own rules",
-            functools.partial(firewall.remove_sandbox_rules, lock=self._firewall_lock),
-            self.sandbox_id,
-        )
+        memo = firewall_memo(self.dirs)
+        remove = functools.partial(firewall.remove_sandbox_rules, memo=memo)
+        self._step("removing the sandbox's own rules", remove, self.sandbox_id)
         guard = PortGuard(self.sandbox_id, plan.host_veth, mac, plan.address, plan.address6)
-        if not firewall.guard_port(network.firewall, guard, self._firewall_lock) and network.firewall != "none":
+        if not firewall.guard_port(network.firewall, guard, self._firewall_lock, memo) and network.firewall != "none":
             self.warnings.append(
                 "nf_tables is not available: what the sandbox sends into its bridge is not filtered"
                 " (its MAC and addresses are not enforced)"
@@ -518,9 +516,12 @@ class Sandbox:
         from nsrun.firewall import host as firewall
         from nsrun.firewall.rules import PortRules
         from nsrun.net import netlink
+        from nsrun.networks.manager import firewall_memo
 
         # removed with the sandbox's other rules (the undo registered with its bridge-port filter)
-        firewall.publish_ports(network.firewall, PortRules(self.sandbox_id, address, self.publish))
+        firewall.publish_ports(
+            network.firewall, PortRules(self.sandbox_id, address, self.publish), memo=firewall_memo(self.dirs)
+        )
         for mapping in self.publish:
             if mapping.proto == "udp":
                 netlink.flush_udp_conntrack(mapping.host_port)

@@ -6,7 +6,6 @@ the record says was made. Every step runs; "already gone" counts as done; failur
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import socket
 import time
@@ -85,10 +84,9 @@ def _step(failures: list[str], description: str, action: Callable[..., Any], *ar
 
 def _remove_rules(dirs: StateDirs, record: SandboxRecord) -> None:
     from nsrun.firewall import host as firewall
-    from nsrun.networks.manager import firewall_lock
+    from nsrun.networks.manager import firewall_memo
 
-    lock = functools.partial(firewall_lock, dirs)  # taken only to see whether the bridge table's filters are all gone
-    firewall.remove_sandbox_rules(record.sandbox_id, published=bool(record.ports), lock=lock)
+    firewall.remove_sandbox_rules(record.sandbox_id, published=bool(record.ports), memo=firewall_memo(dirs))
 
 
 def _remove_veth(sandbox_id: str, wait: float) -> None:

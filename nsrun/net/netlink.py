@@ -24,6 +24,7 @@ from pyroute2.netlink import (
     NLMSG_ERROR,
 )
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink.nftsocket import nft_gen_msg
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
     RTM_GETADDR,
@@ -71,6 +72,7 @@ __all__ = [
     "open_in_netns",
     "open_in_new_netns",
     "rehearse",
+    "ruleset_generation",
 ]
 
 _LOOPBACK_INDEX: Final = 1  # lo is always ifindex 1 in a fresh namespace
@@ -79,7 +81,9 @@ _MAIN_TABLE: Final = 254
 IFA_F_NODAD: Final = 0x02
 AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _RECEIVE_BUFFER: Final = 1 << 18  # the kernel sends dump parts of at most a few pages
-_DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is asked again
+_DUMP_RETRIES: Final = 5
+_NETLINK_NETFILTER: Final = 12
+_GENERATION_REPLY: Final = 4096  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is asked again
 _IFF_UP: Final = 0x1
 _RTPROT_BOOT: Final = 3  # what `ip route add` marks its routes with
 _RTN_UNICAST: Final = 1
@@ -209,6 +213,28 @@ def _default_route_message(gateway: AnyAddress) -> Any:
     msg["table"], msg["proto"], msg["type"] = _MAIN_TABLE, _RTPROT_BOOT, _RTN_UNICAST
     msg["attrs"] = [("RTA_GATEWAY", str(gateway))]
     return msg
+
+
+_NFNL_SUBSYS_NFTABLES: Final = 10
+_NFT_MSG_GETGEN: Final = 16
+
+
+def ruleset_generation() -> int | None:
+    """nf_tables' generation: the count of ruleset changes committed, by anyone, since boot (per
+    network namespace). None where nf_tables does not answer."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER) as sock:
+            sock.bind((0, 0))
+            sock.send(_encode(nft_gen_msg(), _NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETGEN, 0, 1))
+            reply = nft_gen_msg(sock.recv(_GENERATION_REPLY))
+    except OSError:
+        return None
+    try:
+        reply.decode()
+    except Exception:  # noqa: BLE001  # an error message, or nothing of nf_tables': no generation
+        return None
+    generation = reply.get_attr("NFTA_GEN_ID")
+    return int(generation) if isinstance(generation, int) else None
 
 
 def rehearse() -> None:

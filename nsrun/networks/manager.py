@@ -41,6 +41,7 @@ __all__ = [
     "create_network",
     "ensure_host_side",
     "ensure_loaded",
+    "firewall_memo",
     "live_leases",
     "load_network",
     "remove_network",
@@ -70,6 +71,14 @@ def firewall_lock(dirs: StateDirs) -> contextlib.AbstractContextManager[None]:
     nsrun's table, which must not happen between another's check and its repair."""
     dirs.ensure(dirs.run)
     return locked(dirs.run / "firewall.lock", "the firewall lock")
+
+
+def firewall_memo(dirs: StateDirs) -> Path:
+    """Where the networks' last firewall check is remembered (`nsrun.firewall.checked`)."""
+    from nsrun.firewall.checked import MEMO_NAME
+
+    dirs.ensure(dirs.run)
+    return dirs.run / MEMO_NAME
 
 
 def _taken_subnets(ipr: Rtnl, store: NetworkStore, exclude: str | None = None) -> list[tuple[AnyNetwork, str]]:
@@ -274,7 +283,7 @@ def ensure_host_side(dirs: StateDirs, ipr: Rtnl, spec: NetworkSpec, store: Lease
         with firewall_lock(dirs):
             firewall.teardown_network_firewall(old.firewall, old.rules)
     with firewall_lock(dirs):
-        repaired = firewall.ensure_network_firewall(spec.firewall, spec.rules)
+        repaired = firewall.ensure_network_firewall(spec.firewall, spec.rules, memo=firewall_memo(dirs))
     # route_localnet lets the host's 127.0.0.1 reach published ports; it is only ever on while
     # the guard that drops loopback destinations not arriving on lo is in place
     sysctl.set_route_localnet(spec.bridge, enabled=not spec.internal and spec.firewall != "none")
@@ -300,6 +309,8 @@ def _remove_host_side(dirs: StateDirs, ipr: Rtnl, spec: NetworkSpec) -> None:
 def _teardown_rules(dirs: StateDirs, spec: NetworkSpec) -> None:
     with firewall_lock(dirs):
         firewall.teardown_network_firewall(spec.firewall, spec.rules)
+        if not any(other.name != spec.name for other in network_store(dirs).all()):
+            firewall.remove_bridge_filters()  # the last network: no sandbox is left to filter
 
 
 def reclaim_lease(ipr: Rtnl, lease: Lease) -> None:

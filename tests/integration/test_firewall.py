@@ -47,6 +47,10 @@ def _reaches_wan(world: World, *args: str) -> bool:
     return result.returncode == 0 and result.stdout.strip() == UPLINK_ADDRESS
 
 
+def _nsrun_tables(ruleset: str) -> list[str]:
+    return [line.removesuffix(" {") for line in ruleset.splitlines() if line.startswith("table ") and "nsrun" in line]
+
+
 def _sh(world: World, command: str) -> None:
     result = world.run("sh", "-c", command)
     assert result.returncode == 0, result.stderr
@@ -127,7 +131,8 @@ def test_rules_land_in_the_backends_ruleset(world: World, backend: str) -> None:
     if backend == "iptables":
         assert "NSRUN-FORWARD" in legacy
         assert "NSRUN-POSTROUTING" in legacy
-        assert "nsrun" not in nft
+        # nf_tables holds only the bridge-port filters' table (no other backend has a bridge family)
+        assert _nsrun_tables(nft) == ["table bridge nsrun"]
     else:
         assert "table inet nsrun" in nft
         assert "masquerade" in nft
@@ -152,6 +157,9 @@ def test_network_rm_leaves_nothing_in_either_ruleset(world: World) -> None:
     _sh(world, "iptables-nft -P FORWARD DROP; iptables-legacy -P FORWARD DROP")
     assert world.nsrun("--", "true").returncode == 0  # the default network stays
     before = world.snapshot()
+    # so does the bridge-port filters' table, empty: it lives as long as nsrun's networks
+    assert "table bridge nsrun" in before["nft"]
+    assert "sb-" not in before["nft"]
     assert world.nsrun("network", "create", "lab", "--subnet", "10.123.0.0/24").returncode == 0
     assert world.nsrun("--network", "lab", "--", "true").returncode == 0
     assert "nsrun:lab" in world.run("nft", "list", "ruleset").stdout + world.run("iptables-legacy-save").stdout
@@ -202,6 +210,31 @@ def test_launch_repairs_rules_after_a_flush(world: World, backend: str) -> None:
     assert _reaches_wan(world)
 
 
+GENERATION = "from nsrun.net.netlink import ruleset_generation; print(ruleset_generation())"
+
+
+def test_the_check_is_skipped_while_the_ruleset_is_unchanged_and_one_lost_rule_is_seen(
+    world: World, backend: str
+) -> None:
+    world.wan_server()
+    assert _reaches_wan(world)
+    assert _reaches_wan(world)
+    memo = json.loads(world.run("cat", "/run/nsrun/firewall.checked").stdout or "{}")
+    if backend == "iptables":  # no generation for the legacy tables: every launch checks
+        assert "nsrun" not in memo.get("networks", [])
+        return
+    # the last launch's own changes (its filter, added and removed) carried the memo along
+    generation = world.run(sys.executable, "-c", GENERATION).stdout.strip()
+    assert memo == {"generation": int(generation), "networks": ["nsrun"]}
+    # one rule of the network goes, by another hand: the generation moves, the next launch checks
+    listing = json.loads(world.run("nft", "-j", "-a", "list", "chain", "inet", "nsrun", "postrouting").stdout)
+    rules = [item["rule"] for item in listing["nftables"] if "rule" in item]
+    handles = [rule["handle"] for rule in rules if any("masquerade" in expr for expr in rule["expr"])]
+    assert handles  # the network's masquerade
+    _sh(world, f"nft delete rule inet nsrun postrouting handle {handles[0]}")
+    assert _reaches_wan(world)  # masqueraded again: the wan server sees the host's uplink address
+
+
 def test_forced_backend_moves_an_existing_network(auto_world: World) -> None:
     world = auto_world
     world.wan_server()
@@ -210,7 +243,7 @@ def test_forced_backend_moves_an_existing_network(auto_world: World) -> None:
     world.env["NSRUN_FIREWALL"] = "iptables"
     assert _reaches_wan(world)
     assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["firewall"] == "iptables"
-    assert "nsrun" not in world.run("nft", "list", "ruleset").stdout
+    assert _nsrun_tables(world.run("nft", "list", "ruleset").stdout) == ["table bridge nsrun"]
     assert "NSRUN-FORWARD" in world.run("iptables-legacy-save").stdout
 
 
