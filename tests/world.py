@@ -118,7 +118,13 @@ class World:
             "legacy": _strip_comments(self.run("iptables-legacy-save").stdout),
             "nft": self.run("nft", "list", "ruleset").stdout,
             # files, not directories: empty state directories are scaffolding, not leftovers
-            "files": self.run("find", "/run/nsrun", "/var/lib/nsrun", "-type", "f", "-not", "-name", "*.lock").stdout,
+            "files": "".join(
+                sorted(
+                    self.run(
+                        "find", "/run/nsrun", "/var/lib/nsrun", "-type", "f", "-not", "-name", "*.lock"
+                    ).stdout.splitlines(keepends=True)
+                )
+            ),
             "netns": self.run("ls", "/run/netns").stdout,
         }
 
