@@ -167,7 +167,7 @@ class _Rehearsed(BaseException):  # how a rehearsed launch stops, before it woul
 
 def prepare(job_waiting: Callable[[], bool] = lambda: False) -> None:
     """What a job would pay for on first use, paid while the spare waits for it: the netlink
-    socket's first use, libnftables' context (kept per process), and the pages a job touches.
+    sockets' first use, libnftables' context (kept per process), and the pages a job touches.
 
     A fork shares the helper's memory until either side writes it, and Python writes wherever it
     runs (reference counts): the first pass over a path copies its pages. A launch's command line
@@ -184,6 +184,7 @@ def prepare(job_waiting: Callable[[], bool] = lambda: False) -> None:
         netlink.link_exists(rtnl, "lo")
     with contextlib.suppress(NsrunError, OSError):
         open_nftables()
+    netlink.ruleset_generation()  # its socket is kept: opened now, not right after someone's commit
     with _idle_priority():
         for step in _REHEARSAL:
             if job_waiting():
