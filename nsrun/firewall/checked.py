@@ -11,13 +11,15 @@ tool's rule), puts the generation past the memo's: the next launch checks. Whate
 race in, a memo that names the current generation names networks complete at it.
 
 The legacy iptables tables have no generation: while they are in use, and for a network on the
-iptables backend, every launch checks.
+iptables backend, every launch checks. A memo holds for the boot and the network namespace it was
+written in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -35,39 +37,58 @@ MEMO_NAME: Final = "firewall.checked"  # under /run/nsrun
 _MAX_NETWORKS: Final = 4096
 
 
+_BOOT_ID: Final = "/proc/sys/kernel/random/boot_id"
+_OWN_NETNS: Final = "/proc/self/ns/net"
+
+
+def scope() -> str:
+    """Which generation counter: this boot's, in this network namespace (a memo kept across a
+    reboot, where /run is not a tmpfs, must not meet a counter that happens to read the same)."""
+    try:
+        with open(_BOOT_ID) as source:
+            boot = source.read().strip()
+        return f"{boot}:{os.stat(_OWN_NETNS).st_ino}"
+    except OSError:
+        return ""
+
+
 @dataclass(frozen=True)
 class Memo:
     generation: int
     networks: frozenset[str]
+    scope: str
 
     def to_json(self) -> str:
-        return json.dumps({"generation": self.generation, "networks": sorted(self.networks)})
+        return json.dumps({"scope": self.scope, "generation": self.generation, "networks": sorted(self.networks)})
 
     @classmethod
     def from_json(cls, text: str) -> Memo | None:
         """The memo, None for anything that is not one (it is then as good as absent)."""
         try:
             data = json.loads(text)
-            generation, networks = data["generation"], data["networks"]
+            generation, networks, where = data["generation"], data["networks"], data["scope"]
             valid = (
-                isinstance(generation, int)
+                isinstance(where, str)
+                and isinstance(generation, int)
                 and not isinstance(generation, bool)
                 and generation >= 0
                 and isinstance(networks, list)
                 and len(networks) <= _MAX_NETWORKS
                 and all(isinstance(name, str) for name in networks)
             )
-            return cls(generation, frozenset(validate_name(name) for name in networks)) if valid else None
+            return cls(generation, frozenset(validate_name(name) for name in networks), where) if valid else None
         except (ValueError, TypeError, KeyError, UsageError):
             return None
 
 
 def _load(path: Path) -> Memo | None:
+    """The memo, if it is one of this boot and network namespace."""
     try:
         text = files.read_file(path)
     except NsrunError:
         return None  # not a file of nsrun's: as if there were none (a check is made)
-    return Memo.from_json(text) if text is not None else None
+    memo = Memo.from_json(text) if text is not None else None
+    return memo if memo is not None and memo.scope and memo.scope == scope() else None
 
 
 def _save(path: Path, memo: Memo) -> None:
@@ -89,7 +110,7 @@ def note_checked(path: Path, network: str, before: int | None, commits: int) -> 
         return
     memo = _load(path)
     still = memo.networks if memo is not None and memo.generation == before else frozenset()
-    _save(path, Memo(before + commits, still | {network}))
+    _save(path, Memo(before + commits, still | {network}, scope()))
 
 
 @contextlib.contextmanager
@@ -109,4 +130,4 @@ def own_changes(path: Path) -> Iterator[None]:
         return
     memo = _load(path)
     if memo is not None and memo.generation == before:
-        _save(path, Memo(before + made, memo.networks))
+        _save(path, Memo(before + made, memo.networks, memo.scope))

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from nsrun.firewall.checked import Memo, is_current, note_checked
+from nsrun.firewall.checked import Memo, is_current, note_checked, scope
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -48,12 +48,14 @@ def test_a_change_by_another_hand_is_never_taken_for_complete(tmp_path: Path) ->
         "",
         "[]",
         "{}",
-        '{"generation": "7", "networks": []}',
-        '{"generation": true, "networks": []}',
-        '{"generation": -1, "networks": []}',
-        '{"generation": 7, "networks": "nsrun"}',
-        '{"generation": 7, "networks": [7]}',
-        '{"generation": 7, "networks": ["../etc"]}',
+        '{"generation": 7, "networks": ["nsrun"]}',  # of no scope
+        '{"scope": 1, "generation": 7, "networks": []}',
+        '{"scope": "s", "generation": "7", "networks": []}',
+        '{"scope": "s", "generation": true, "networks": []}',
+        '{"scope": "s", "generation": -1, "networks": []}',
+        '{"scope": "s", "generation": 7, "networks": "nsrun"}',
+        '{"scope": "s", "generation": 7, "networks": [7]}',
+        '{"scope": "s", "generation": 7, "networks": ["../etc"]}',
     ],
 )
 def test_anything_but_a_memo_counts_as_none(tmp_path: Path, text: str) -> None:
@@ -63,9 +65,17 @@ def test_anything_but_a_memo_counts_as_none(tmp_path: Path, text: str) -> None:
     assert not is_current(memo, "nsrun", 7)
 
 
+def test_a_memo_of_another_boot_or_namespace_counts_as_none(tmp_path: Path) -> None:
+    memo = tmp_path / "firewall.checked"
+    note_checked(memo, "nsrun", 7, 0)
+    assert is_current(memo, "nsrun", 7)
+    memo.write_text(memo.read_text().replace(scope(), "another-boot:4026531840"))
+    assert not is_current(memo, "nsrun", 7)
+
+
 def test_a_link_in_place_of_the_memo_is_not_followed(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
-    target.write_text('{"generation": 7, "networks": ["nsrun"]}')
+    target.write_text(Memo(7, frozenset({"nsrun"}), scope()).to_json())
     memo = tmp_path / "firewall.checked"
     memo.symlink_to(target)
     assert not is_current(memo, "nsrun", 7)
