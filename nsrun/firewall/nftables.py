@@ -304,9 +304,9 @@ class NftablesBackend:
             if chain in listing.chains:
                 commands += [{"flush": {"chain": {**_T, "name": chain}}}, {"delete": {"chain": {**_T, "name": chain}}}]
         if listing.table_exists and not listing.other_networks:
-            # the last nsrun network is gone: leave no table of nsrun's behind
+            # the last network on this backend is gone: leave no table of it behind (the bridge-port
+            # filters' table goes with nsrun's last network, whatever its backend: the manager's)
             commands = [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
-            self.remove_port_guards()
         if commands:
             self._run(commands, f"removing nftables rules of network {rules.network!r}")
 

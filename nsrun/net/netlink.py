@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from pyroute2.netlink import (
+    NETLINK_NETFILTER,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
@@ -25,7 +26,8 @@ from pyroute2.netlink import (
     NLMSG_ERROR,
 )
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nftsocket import nft_gen_msg
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES
+from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, nft_gen_msg
 from pyroute2.netlink.rtnl import (
     RTM_DELLINK,
     RTM_GETADDR,
@@ -83,7 +85,6 @@ IFA_F_NODAD: Final = 0x02
 AnyAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _RECEIVE_BUFFER: Final = 1 << 18  # the kernel sends dump parts of at most a few pages
 _DUMP_RETRIES: Final = 5
-_NETLINK_NETFILTER: Final = 12
 _GENERATION_REPLY: Final = 4096  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is asked again
 _IFF_UP: Final = 0x1
 _RTPROT_BOOT: Final = 3  # what `ip route add` marks its routes with
@@ -216,10 +217,6 @@ def _default_route_message(gateway: AnyAddress) -> Any:
     return msg
 
 
-_NFNL_SUBSYS_NFTABLES: Final = 10
-_NFT_MSG_GETGEN: Final = 16
-
-
 # One netfilter socket per thread and process, kept: making one right after a commit that deleted
 # a chain waits for the kernel to finish that (5-15 ms, measured); asking on an open one does not.
 _netfilter = threading.local()
@@ -229,7 +226,7 @@ def _netfilter_socket() -> socket.socket:
     cached = getattr(_netfilter, "socket", None)
     if cached is not None and cached[0] == os.getpid():
         return cached[1]  # type: ignore[no-any-return]
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
     try:
         sock.bind((0, 0))
     except BaseException:
@@ -246,7 +243,7 @@ def ruleset_generation() -> int | None:
         sock = _netfilter_socket()
         _netfilter.sequence += 1
         sequence = _netfilter.sequence
-        sock.send(_encode(nft_gen_msg(), _NFNL_SUBSYS_NFTABLES << 8 | _NFT_MSG_GETGEN, 0, sequence))
+        sock.send(_encode(nft_gen_msg(), NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN, 0, sequence))
         while True:  # an answer to an earlier question that was given up on comes first
             reply = nft_gen_msg(sock.recv(_GENERATION_REPLY))
             reply.decode()
