@@ -133,6 +133,29 @@ def test_dual_stack_network_reaches_an_ipv6_server_masqueraded(world: World, bac
     assert spec["gateway6"] == "fd00:130::1"
 
 
+def test_a_launch_whose_firewall_fails_gives_back_the_address_it_leased(world: World, backend: str) -> None:
+    """Set-up leases the address (and names it in the hosts file) before it sees to the network's
+    rules: when that fails (a dual-stack network cannot move to iptables), the address goes back,
+    and the launch leaves nothing."""
+    if backend == "iptables":
+        pytest.skip("a dual-stack network is made on the nftables backend only")
+    create = world.nsrun("network", "create", "dual", "--subnet", "10.131.0.0/29", "--subnet", "fd00:131::/64")
+    assert create.returncode == 0, create.stderr
+    assert world.nsrun("--network", "dual", "--", "true").returncode == 0
+    before = world.snapshot()
+    chosen = world.env.get("NSRUN_FIREWALL")
+    world.env["NSRUN_FIREWALL"] = "iptables"
+    for _ in range(6):  # more than the /29 has addresses: none may stay taken
+        refused = world.nsrun("--network", "dual", "--", "true")
+        assert refused.returncode == 125
+        assert "IPv6 needs the nftables backend" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert world.snapshot() == before
+    world.env.pop("NSRUN_FIREWALL")
+    world.env.update({"NSRUN_FIREWALL": chosen} if chosen else {})
+    assert world.nsrun("--network", "dual", "--", "true").returncode == 0
+
+
 @pytest.mark.parametrize(
     "subnets",
     [
