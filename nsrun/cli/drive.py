@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     class Controller(Protocol):
         """Whoever set the sandbox up, and will tear it down."""
 
-        def started(self, info: Started) -> None: ...
+        def started(self, info: Started) -> tuple[int, Callable[[], bool]] | None:
+            """Record the start; or say it, and return a descriptor whose answer comes while the
+            command runs, with what reads it (False once read)."""
+            ...
 
         def ended(self, status: int, release: Callable[[], None]) -> list[str]:
             """Tear down; what could not be undone. `status` as a shell reports it. Half-way
@@ -73,6 +76,11 @@ class Reporter:
 
     def __init__(self, fd: int | None) -> None:
         self._fd = fd
+
+    @property
+    def waiting(self) -> bool:
+        """Someone waits for the report (the nsrun that detached the sandbox)."""
+        return self._fd is not None
 
     def send(self, report: dict[str, Any]) -> None:
         fd, self._fd = self._fd, None
@@ -148,10 +156,21 @@ def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
         _warn(warning)
     port = launch.readiness[0] if launch.readiness else None
 
+    acknowledged: list[Callable[[], bool]] = []
+
     def started(info: Started) -> None:
-        controller.started(info)
+        if (answer := controller.started(info)) is not None:
+            shim.watch(*answer)
+            acknowledged.append(answer[1])
         if port is None:
-            reporter.send({"name": launch.name})
+            report({"name": launch.name})
+
+    def report(message: dict[str, Any]) -> None:
+        # whoever hears that the sandbox runs may join it next (`nsrun exec`): its record says so first
+        if reporter.waiting:
+            for settle in acknowledged:
+                settle()
+        reporter.send(message)
 
     shim = Shim(
         launch.plan,
@@ -159,7 +178,7 @@ def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
         on_started=started,
         ready=(lambda init: listening(init, port)) if port is not None else None,
         ready_timeout=launch.readiness[1] if launch.readiness else 0.0,
-        on_ready=(lambda: reporter.send({"name": launch.name})) if port is not None else None,
+        on_ready=(lambda: report({"name": launch.name})) if port is not None else None,
         held=take_pending,
     )
     try:

@@ -187,6 +187,7 @@ class _HelperController:
         self.entry = entry
         self.lost = False
         self.ran = False
+        self._started: Started | None = None  # said, its acknowledgement not read yet
 
     def _ask(self, message: dict[str, Any]) -> dict[str, Any] | None:
         if self.lost:
@@ -208,7 +209,9 @@ class _HelperController:
             self.lost = True
         return answer
 
-    def started(self, info: Started) -> None:
+    def started(self, info: Started) -> tuple[int, Callable[[], bool]] | None:
+        """Said, not waited for: the helper notes it in the record (1-2 ms) while the command
+        runs. Its acknowledgement is read when it comes, or before the end is said."""
         self.ran = True
         data = {
             "id": self.sandbox_id,
@@ -217,11 +220,25 @@ class _HelperController:
             "namespaces": info.namespace_fds,
             "entry": self.entry,
         }
-        answer = self._ask({"started": data})
-        if answer is None:
+        try:
+            self.channel.send({"started": data})
+        except OSError:
+            self.lost = True
+        if self.lost:
             self._fallback_started(info)
+            return None
+        self._started = info
+        return self.channel.fileno(), self._acknowledged
+
+    def _acknowledged(self) -> bool:
+        """The helper's answer to "started"; without one (it went away) the record is noted here."""
+        info, self._started = self._started, None
+        if info is not None and self._answer() is None:
+            self._fallback_started(info)
+        return False
 
     def ended(self, status: int, release: Callable[[], None]) -> list[str]:
+        self._acknowledged()  # the answers come in order: "started"'s first
         # its id too: a command interrupted before it started never said "started"
         ended = {"status": status, "ran": self.ran, "id": self.sandbox_id, "entry": self.entry}
         answer = self._ask({"ended": ended})

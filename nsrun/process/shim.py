@@ -136,6 +136,12 @@ class Shim:
         self._command_done = False
         self._ready_deadline: float | None = None
         self._kill_deadline: float | None = None
+        self._watched: dict[int, Callable[[], bool]] = {}
+
+    def watch(self, fd: int, handler: Callable[[], bool]) -> None:
+        """Call `handler` whenever `fd` is readable while the sandbox runs, until it returns
+        False (a caller's answer that may come while the command runs, not waited for)."""
+        self._watched[fd] = handler
 
     def run(self) -> Outcome:
         """Start the sandbox's processes and wait until its init is gone; the namespace fds stay
@@ -194,6 +200,7 @@ class Shim:
                 readers = [signal_fd, sock.fileno()]
                 if control is not None:
                     readers.append(control)
+                readers += self._watched
                 if relay is not None:
                     readers += relay.readers(self._master)
                 try:
@@ -207,12 +214,18 @@ class Shim:
                     self._on_signals(libc.signalfd_read(signal_fd), relay)
                 if control is not None and control in ready and not self._on_control(control):
                     control = None
+                self._on_watched(ready)
                 if relay is not None and self._master is not None:
                     relay.pump(ready, self._master)
             while select.select([sock], [], [], 0)[0] and self._on_message(sock):
                 pass  # what the init said before it exited
             if relay is not None and self._master is not None:
                 relay.drain(self._master)
+
+    def _on_watched(self, ready: list[int]) -> None:
+        for fd in [fd for fd in self._watched if fd in ready]:
+            if not self._watched[fd]():
+                del self._watched[fd]
 
     def _poll_interval(self) -> float | None:
         return _READY_POLL if self._ready_deadline is not None or self._kill_deadline is not None else None
