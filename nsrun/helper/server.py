@@ -3,9 +3,10 @@ a worker, and watches the connections of clients that run sandboxes it set up: t
 (the record is updated here, it is quick), their "ended" or their death (a worker tears down).
 
 Workers are forked ahead of need ("spares", as a pre-forking server does): a spare has already
-paid for its fork and for what a process sets up on first use (a netlink socket's event loop,
-its libnftables context), and waits for one job on a socket of its own. It does that one job and
-exits: nothing of one request is ever seen by the next.
+paid for its fork and for what a process sets up on first use (its netlink sockets, its
+libnftables context), and waits for one job on a socket of its own. It does that one job and
+exits: nothing of one request is ever seen by the next. One spare is for command lines: it also
+makes a launch's network namespace ahead; the other is for teardowns, which need none.
 
 Its main loop only accepts, reads small messages and reaps workers: nothing it does can block
 another client for long, and it keeps no state a crash would lose (the records say everything).
@@ -37,7 +38,8 @@ __all__ = ["ENV_IDLE", "IDLE_SECONDS", "SPARES", "log_failure", "serve"]
 
 IDLE_SECONDS: Final = 120.0  # NSRUN_HELPER_IDLE changes it (the tests' helpers go sooner)
 ENV_IDLE: Final = "NSRUN_HELPER_IDLE"
-SPARES: Final = 2  # a launch's set-up and its teardown each take one
+# a launch's set-up takes one (it makes a network namespace ahead, for a launch), its teardown the other
+SPARES: Final = (True, False)
 _BACKLOG: Final = 256
 
 
@@ -58,6 +60,7 @@ class _Client:
 class _Spare:
     pid: int
     sock: wire.Socket  # the job goes here, with the client's connection beside it
+    for_requests: bool  # it has a network namespace ready: for a command line (a launch), not a teardown
 
 
 class Helper:
@@ -230,8 +233,9 @@ class Helper:
     def _dispatch(self, job: dict[str, Any], client: _Client, fds: list[int]) -> int | None:
         """Give the job to a spare (forked now if none is left); its pid, None if it could not
         be given (the client is then dropped: it falls back, or its sandbox is reclaimed)."""
+        for_requests = job.get("job") == "request"
         while True:
-            spare = self.spares.pop(0) if self.spares else self._spawn()
+            spare = self._take_spare(for_requests)
             if spare is None:
                 return None
             with contextlib.suppress(OSError):  # still rehearsing at idle priority: its job is due now
@@ -244,14 +248,24 @@ class Helper:
                 spare.sock.close()
             return spare.pid
 
+    def _take_spare(self, for_requests: bool) -> _Spare | None:
+        """The spare made for this kind of job, else any, else one forked now."""
+        for candidates in ([s for s in self.spares if s.for_requests == for_requests], self.spares):
+            if candidates:
+                self.spares.remove(candidates[0])
+                return candidates[0]
+        return self._spawn(for_requests)
+
     def _replenish(self) -> None:
-        while not self.stopping and len(self.spares) < SPARES:
-            spare = self._spawn()
+        for for_requests in SPARES:
+            if self.stopping or any(spare.for_requests == for_requests for spare in self.spares):
+                continue
+            spare = self._spawn(for_requests)
             if spare is None:
                 return
             self.spares.append(spare)
 
-    def _spawn(self) -> _Spare | None:
+    def _spawn(self, for_requests: bool) -> _Spare | None:
         ours, theirs = wire.socketpair()
         try:
             pid = os.fork()
@@ -266,11 +280,11 @@ class Helper:
                     if fd != keep:
                         with contextlib.suppress(OSError):
                             os.close(fd)  # clients' connections, the listener, other spares: not this one's
-                _spare(self.dirs, theirs)  # never returns
+                _spare(self.dirs, theirs, for_requests)  # never returns
             finally:
                 os._exit(1)
         theirs.close()
-        return _Spare(pid, ours)
+        return _Spare(pid, ours, for_requests)
 
     def _reap(self) -> None:
         from nsrun.helper.worker import HANDED_OVER
@@ -297,7 +311,7 @@ class Helper:
         client.channel.close()
 
 
-def _spare(dirs: StateDirs, sock: wire.Socket) -> NoReturn:
+def _spare(dirs: StateDirs, sock: wire.Socket, for_requests: bool) -> NoReturn:
     """A spare worker's life: get ready, wait for one job, do it, exit."""
     from nsrun.helper import worker
 
@@ -306,7 +320,7 @@ def _spare(dirs: StateDirs, sock: wire.Socket) -> NoReturn:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     gc.disable()  # one short job: a collection would only copy pages shared with the helper
-    worker.prepare(lambda: bool(select.select([sock], [], [], 0)[0]))
+    worker.prepare(lambda: bool(select.select([sock], [], [], 0)[0]), ready_netns=for_requests)
     try:
         job, fds = wire.receive(sock)
     except (OSError, wire.WireError):

@@ -36,6 +36,10 @@ _DYING_CLIENT_WAIT: Final = 2.0  # seconds
 _DYING_CLIENT_POLL: Final = 0.002
 
 
+# this spare's network namespace made ahead (`prepare`), for its job if that is a launch that needs one
+_ready_netns: list[tuple[int, Any]] = []
+
+
 class _Handover(BaseException):  # not an error: how a launch leaves the command line (past its handlers)
     pass
 
@@ -73,7 +77,13 @@ class _Launcher:
             raise _Handover
 
         # what dead sandboxes left is reclaimed after the hand-over (_reclaim_later), not on the way
-        sandbox = Sandbox(request, holder=Holder.of(self.client_pid), checkpoint=self.checkpoint, sweep=False)
+        sandbox = Sandbox(
+            request,
+            holder=Holder.of(self.client_pid),
+            checkpoint=self.checkpoint,
+            sweep=False,
+            ready_netns=_ready_netns.pop() if _ready_netns else None,
+        )
         logbook = LogBook(sandbox.dirs)
         entry = None
         if self.detached or request.name is not None:
@@ -165,7 +175,7 @@ class _Rehearsed(BaseException):  # how a rehearsed launch stops, before it woul
     pass
 
 
-def prepare(job_waiting: Callable[[], bool] = lambda: False) -> None:
+def prepare(job_waiting: Callable[[], bool] = lambda: False, *, ready_netns: bool = False) -> None:
     """What a job would pay for on first use, paid while the spare waits for it: the netlink
     sockets' first use, libnftables' context (kept per process), and the pages a job touches.
 
@@ -175,7 +185,8 @@ def prepare(job_waiting: Callable[[], bool] = lambda: False) -> None:
     So the spare rehearses both kinds of job: it parses a launch's command line up to the set-up,
     plans its process, encodes the netlink requests and the record a set-up makes, and reads what
     a teardown reads; nothing is changed. It does so at idle priority (never taking a CPU from a
-    launch) and stops as soon as its job is there."""
+    launch) and stops as soon as its job is there. With `ready_netns` (a spare for command lines),
+    it then makes a launch's network namespace."""
     from nsrun.errors import NsrunError
     from nsrun.firewall.nftables import open_nftables
     from nsrun.net import netlink
@@ -191,6 +202,21 @@ def prepare(job_waiting: Callable[[], bool] = lambda: False) -> None:
                 return
             with contextlib.suppress(Exception):  # a rehearsal that fails costs the job its speed only
                 step()
+    if ready_netns and not job_waiting():  # the rehearsal, at idle priority, got through: time to spare
+        _make_ready_netns()
+
+
+def _make_ready_netns() -> None:
+    """A launch's network namespace, made before its job comes (2-3 ms of its set-up, measured).
+    Only once the rehearsal got through at idle priority (nothing else wanted the CPUs), and then at
+    normal priority: making one holds kernel locks (the RTNL) that every launch needs, which a
+    process at idle priority could keep while others run. Nothing outside it changes; a job that
+    does not take it (a teardown, `--net host`) ends, and the namespace with it."""
+    from nsrun.errors import NsrunError
+    from nsrun.launch.sandbox import open_sandbox_netns
+
+    with contextlib.suppress(NsrunError, OSError):  # the job then makes its own, and says what fails
+        _ready_netns.append(open_sandbox_netns())
 
 
 @contextlib.contextmanager

@@ -46,9 +46,24 @@ if TYPE_CHECKING:
     from nsrun.process.shim import Outcome, ShimFds, Started
     from nsrun.state.registry import Registry, SandboxRecord
 
-__all__ = ["Holder", "Sandbox"]
+__all__ = ["Holder", "Sandbox", "open_sandbox_netns"]
 
 ETC_NETNS: Final = Path("/etc/netns")  # per-namespace /etc overrides, as `ip netns exec` applies them
+
+
+def open_sandbox_netns() -> tuple[int, Any]:
+    """A sandbox's network namespace as set-up makes it (its sysctls set, lo up): an fd holding
+    it and a netlink handle inside. Nothing outside it changes, and it goes with its last holder."""
+    from nsrun.net import netlink, sysctl  # pyroute2 is slow to import; --net host never needs it
+
+    fd, inner = netlink.open_in_new_netns(inside=sysctl.prepare_sandbox_netns)
+    try:
+        netlink.loopback_up(inner)
+    except BaseException:
+        inner.close()
+        os.close(fd)
+        raise
+    return fd, inner
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,9 @@ class Sandbox:
     sweep: bool = True
     # a container engine's namespace to attach (CNI ADD) instead of one of nsrun's own
     attachment: Attachment | None = None
+    # a namespace made ahead by `open_sandbox_netns` (a warm helper's spare worker makes one while
+    # it waits): set-up takes it instead of making one; the sandbox owns it either way
+    ready_netns: tuple[int, Any] | None = None
     netns_fd: int | None = field(default=None, init=False)
     network: NetworkSpec | None = field(default=None, init=False)
     lease: Lease | None = field(default=None, init=False)
@@ -132,6 +150,7 @@ class Sandbox:
             raise
         finally:
             self.rollback_failures = list(self._failures)
+            self._drop_ready_netns()  # taken by now, or not wanted (--net host, a joined namespace)
 
     def _setup(self) -> None:
         with contextlib.ExitStack() as undo, contextlib.ExitStack() as scratch:
@@ -178,6 +197,13 @@ class Sandbox:
     def close(self) -> None:
         """Close this process's copies of what the sandbox kept (once a shim holds its own)."""
         self._kept.close()
+        self._drop_ready_netns()
+
+    def _drop_ready_netns(self) -> None:
+        ready, self.ready_netns = self.ready_netns, None
+        if ready is not None:
+            ready[1].close()
+            os.close(ready[0])
 
     def run(
         self,
@@ -384,13 +410,11 @@ class Sandbox:
         self._kept.callback(os.close, fd)
 
     def _open_netns(self) -> Any:
-        from nsrun.net import netlink, sysctl  # pyroute2 is slow to import; --net host never needs it
-
-        fd, inner = netlink.open_in_new_netns(inside=sysctl.prepare_sandbox_netns)
+        ready, self.ready_netns = self.ready_netns, None
+        fd, inner = ready if ready is not None else open_sandbox_netns()
         self.netns_fd = fd
         self._kept.callback(os.close, fd)
         self._scratch.callback(inner.close)
-        netlink.loopback_up(inner)
         return inner
 
     def _open_attached_netns(self) -> Any:

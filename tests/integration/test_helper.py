@@ -4,6 +4,7 @@ leaves nothing. Each test in its own world, where the helper is the world's own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -242,3 +243,70 @@ def test_a_spare_rehearses_both_jobs_and_changes_nothing(world: World) -> None:
     assert world.nsrun("-d", "--name", "beside", "--", "sleep", world.unique(300)).returncode == 0
     rehearse_changes_nothing()  # beside a running sandbox, its bridge-port filter and the table
     assert [s["name"] for s in json.loads(world.nsrun("ls", "--json").stdout)] == ["beside"]
+
+
+def _netns_held(pids: list[int]) -> set[int]:
+    """Network namespaces (inodes) that these processes hold open as descriptors."""
+    held = set()
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # it ended meanwhile
+        for name in names:
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+                if link.startswith("net:["):
+                    held.add(int(link[len("net:[") : -1]))
+    return held
+
+
+def _netns_in_use(inode: int) -> bool:
+    """Whether any process on the machine is in, or holds, that network namespace."""
+    pids = [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == inode:
+                return True
+    return inode in _netns_held(pids)
+
+
+def test_a_launch_takes_the_network_namespace_a_spare_made_ahead(world: World) -> None:
+    """The spare for command lines makes a launch's namespace while it waits (once its rehearsal
+    got through): the launch takes that one, and nothing holds it once the sandbox ended."""
+    start_helper(world)
+    world_netns = os.stat(f"/proc/{world.pid}/ns/net").st_ino
+
+    def made_ahead() -> set[int]:
+        return _netns_held(helper_pids(world)) - {world_netns}
+
+    world.wait_for(made_ahead, what="a namespace made ahead")
+    time.sleep(1)  # both spares have long finished their rehearsal
+    ahead = made_ahead()
+    assert len(ahead) == 1  # the spare for command lines made one; the spare for teardowns none
+    result = world.nsrun("--", "readlink", "/proc/self/ns/net")
+    assert result.returncode == 0, result.stderr
+    taken = int(result.stdout.strip()[len("net:[") : -1])
+    assert taken in ahead
+    world.wait_for(lambda: not _netns_in_use(taken), what="the namespace gone")
+    # one not taken goes with its spare: `--net host` leaves the namespace made ahead unused
+    world.wait_for(made_ahead, what="another namespace made ahead")
+    unused = made_ahead()
+    assert world.nsrun("--net", "host", "--", "true").returncode == 0
+    world.wait_for(lambda: not any(_netns_in_use(inode) for inode in unused), what="the unused namespace gone")
+
+
+def test_a_detached_sandbox_is_recorded_as_running_once_its_name_is_printed(world: World) -> None:
+    """ "started" is not waited for while the command runs, but the nsrun that detached a sandbox
+    prints its name only once the record says it runs: what comes next may join it."""
+    start_helper(world)
+    for attempt in range(5):
+        name = f"joinable{attempt}"
+        assert world.nsrun("-d", "--name", name, "--", "sleep", world.unique(300)).returncode == 0
+        # read at once, from outside (an `nsrun ls` would take long enough to hide a race)
+        records = Path(f"/proc/{world.pid}/root/run/nsrun/sandboxes")
+        texts = [path.read_text() for path in records.glob("*.json")]
+        record = next(data for text in texts if (data := json.loads(text))["name"] == name)
+        assert record["child_pid"]
+        joined = world.nsrun("exec", name, "--", "true")
+        assert joined.returncode == 0, joined.stderr
