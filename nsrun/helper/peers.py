@@ -10,6 +10,7 @@ own process (where nsrun's own checks refuse what it may not do).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import socket
@@ -46,10 +47,11 @@ class Peer:
     def _check(self) -> str | None:
         if self.uid != 0:
             return "it is not root"
-        for kind in _NAMESPACES:
-            if os.stat(f"/proc/{self.pid}/ns/{kind}").st_ino != os.stat(f"/proc/self/ns/{kind}").st_ino:
+        own_namespaces, own_caps = _own()
+        for kind, own in zip(_NAMESPACES, own_namespaces, strict=True):
+            if os.stat(f"/proc/{self.pid}/ns/{kind}").st_ino != own:
                 return f"it is in another {kind} namespace"
-        if _effective_caps("self") & ~_effective_caps(str(self.pid)):
+        if own_caps & ~_effective_caps(str(self.pid)):
             return "it has fewer capabilities than the helper"
         return None
 
@@ -63,6 +65,13 @@ class Peer:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+@functools.cache
+def _own() -> tuple[tuple[int, ...], int]:
+    """The helper's own namespaces and capabilities, read once: they do not change while it runs
+    (a peer's are read at every connection)."""
+    return tuple(os.stat(f"/proc/self/ns/{kind}").st_ino for kind in _NAMESPACES), _effective_caps("self")
 
 
 def _effective_caps(pid: str) -> int:
