@@ -44,18 +44,19 @@ def teardown_sandbox(
 
 
 def release_namespaces(dirs: StateDirs, record: SandboxRecord, *, pinned: bool) -> list[str]:
-    """The first half, while the shim still pins the namespaces: what joined the network namespace
-    from outside (`ip netns exec NAME`) is ended and the name unbound. Once the shim has closed its
+    """The first half, while the shim still pins the namespaces: the name is unbound and what
+    joined the network namespace from outside (`ip netns exec NAME`) ended. Once the shim has closed its
     descriptors too, nothing holds the namespace: the kernel takes it down, and its veth pair."""
     from nsrun.launch.records import registry
     from nsrun.process import liveness
 
     failures: list[str] = []
     if record.netns_name:
+        # the name goes first: nothing joins by it while (or after) the joined are ended
+        _step(failures, f"removing /run/netns/{record.netns_name}", registry(dirs).unbind_netns, record)
         if pinned and "net" in record.namespaces:
             # what joined through `ip netns exec` ends with the sandbox
             _step(failures, "ending what joined the sandbox", liveness.kill_netns_members, record.namespaces["net"][1])
-        _step(failures, f"removing /run/netns/{record.netns_name}", registry(dirs).unbind_netns, record)
     return failures
 
 

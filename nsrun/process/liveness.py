@@ -60,22 +60,40 @@ def attachment_alive(veth: str) -> bool:
     return True
 
 
+_KILL_PASSES: Final = 5  # a joiner caught between its setns() and our scan shows up in the next one
+
+
 def kill_netns_members(inode: int) -> list[int]:
     """SIGKILL every process whose network namespace has this inode; the pids it signalled.
-    Call only while holding that namespace (an fd), so the inode cannot have been reused."""
-    killed = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        try:
-            if pid == os.getpid() or os.stat(f"/proc/{pid}/ns/net").st_ino != inode:
+    Call only while holding that namespace (an fd), so the inode cannot have been reused, and
+    once its name is unbound, so that no new process can join by name. One that was joining
+    meanwhile shows up in a later pass: they repeat until one finds no process not yet signalled."""
+    killed: list[int] = []
+    for _ in range(_KILL_PASSES):
+        found = [pid for pid in _netns_members(inode) if pid not in killed]
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 continue
-            os.kill(pid, signal.SIGKILL)
             killed.append(pid)
+        if not found:
+            break
+    return killed
+
+
+def _netns_members(inode: int) -> list[int]:
+    members = []
+    own = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                members.append(int(entry))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return killed
+    return members
 
 
 def port_holder(port: int, proto: str) -> str:
