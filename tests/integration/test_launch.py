@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import signal
+import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -225,6 +227,37 @@ def test_no_leftovers_after_sandboxes_end(world: World) -> None:
     assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["sandboxes"] == []
 
 
+HOLD_NETNS = """
+import os, sys
+fd = os.open(f"/proc/{sys.argv[1]}/ns/net", os.O_RDONLY)
+print(os.fstat(fd).st_ino, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_namespace_kept_alive_from_outside_loses_its_veth_with_the_sandbox(world: World) -> None:
+    """A descriptor of the sandbox's network namespace held outside keeps the namespace, and so
+    its veth pair, past the sandbox: the teardown's wait for the kernel runs out, and it deletes
+    the veth itself; nothing is left on the host side."""
+    world.nsrun("--", "true")
+    before = world.snapshot()
+    duration = world.unique(301)
+
+    def command() -> list[int]:  # the sleep itself, not nsrun (its command line holds it too)
+        return [pid for pid in world.pids_running(f"sleep {duration}") if _comm(pid) == "sleep"]
+
+    sandbox = world.nsrun_popen("--", "sleep", duration)
+    world.wait_for(command, what="the sandbox's command")
+    holder = world.popen(sys.executable, "-c", HOLD_NETNS, str(command()[0]), stdin=subprocess.PIPE)
+    assert holder.stdout is not None
+    held = int(holder.stdout.readline())
+    sandbox.terminate()
+    assert sandbox.wait(timeout=10) == -signal.SIGTERM
+    assert world.snapshot() == before  # its veth is gone, though its namespace is not
+    assert os.stat(f"/proc/{holder.pid}/fd/3").st_ino == held  # still held: it was deleted, not taken
+    holder.communicate("")
+
+
 def test_masquerade_is_seen_by_the_wan_server_log(world: World) -> None:
     # the server itself, not only the client, must have seen the uplink address
     server = world.wan_server(8081)
@@ -233,3 +266,11 @@ def test_masquerade_is_seen_by_the_wan_server_log(world: World) -> None:
     assert result.stdout.strip() == UPLINK_ADDRESS
     time.sleep(0.1)
     assert server.poll() is None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
