@@ -87,6 +87,9 @@ _RECEIVE_BUFFER: Final = 1 << 18  # the kernel sends dump parts of at most a few
 _DUMP_RETRIES: Final = 5  # a dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is asked again
 _GENERATION_REPLY: Final = 4096  # nf_tables' answer to GETGEN: one small message
 _IFF_UP: Final = 0x1
+# nsrun reads no link's counters: without them a link's answer is half the size, and pyroute2
+# parses it in half the time (0.15 ms instead of 0.26 for a bridge, measured)
+_RTEXT_FILTER_SKIP_STATS: Final = 1 << 3
 _RTPROT_BOOT: Final = 3  # what `ip route add` marks its routes with
 _RTN_UNICAST: Final = 1
 
@@ -144,7 +147,7 @@ class Rtnl:
 
     def get_link(self, name: str) -> Any | None:
         msg = ifinfmsg()
-        msg["attrs"] = [("IFLA_IFNAME", name)]
+        msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_EXT_MASK", _RTEXT_FILTER_SKIP_STATS)]
         try:
             return self.request(msg, RTM_GETLINK, 0)[0]
         except NetlinkError as err:
@@ -153,7 +156,9 @@ class Rtnl:
             raise
 
     def dump_links(self) -> list[Any]:
-        return self.request(ifinfmsg(), RTM_GETLINK, NLM_F_DUMP)
+        msg = ifinfmsg()
+        msg["attrs"] = [("IFLA_EXT_MASK", _RTEXT_FILTER_SKIP_STATS)]
+        return self.request(msg, RTM_GETLINK, NLM_F_DUMP)
 
     def dump_addresses(self, family: int = socket.AF_UNSPEC) -> list[Any]:
         msg = ifaddrmsg()
