@@ -41,8 +41,9 @@ def teardown_sandbox(
 
 def release_namespaces(dirs: StateDirs, record: SandboxRecord, *, pinned: bool) -> list[str]:
     """The first half, while the shim still pins the namespaces: the name is unbound and what
-    joined the network namespace from outside (`ip netns exec NAME`) ended. Once the shim has closed its
-    descriptors too, nothing holds the namespace: the kernel takes it down, and its veth pair."""
+    joined the network namespace from outside (`ip netns exec NAME`) ended. Once the shim has
+    closed its descriptors too, nothing holds the namespace: the kernel takes it down, and its
+    veth pair."""
     from nsrun.launch.records import registry
     from nsrun.process import liveness
 

@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Final
 
-__all__ = ["wait_gone"]
+__all__ = ["exists", "wait_gone"]
 
 _NETLINK_ROUTE: Final = 0
 _RTMGRP_LINK: Final = 0x1  # the multicast group of RTM_NEWLINK/RTM_DELLINK notifications

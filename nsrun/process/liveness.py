@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 from typing import Final
 
 __all__ = ["attachment_alive", "holder_alive", "kill_netns_members", "pid_namespace", "port_holder", "start_time"]
@@ -52,12 +51,10 @@ def holder_alive(pid: int, started: float, pidns: int = 0) -> bool:
 def attachment_alive(veth: str) -> bool:
     """Whether a CNI attachment's host veth still exists (in this network namespace, the host's):
     the engine's namespace holds its peer, so the pair lives exactly as long as the container's
-    network does. An ioctl, cheaper than a netlink round trip."""
-    try:
-        socket.if_nametoindex(veth)
-    except OSError:
-        return False
-    return True
+    network does."""
+    from nsrun.net import linkwatch
+
+    return linkwatch.exists(veth)
 
 
 _KILL_PASSES: Final = 5  # a joiner caught between its setns() and our scan shows up in the next one
