@@ -19,8 +19,6 @@ __all__ = ["exists", "wait_gone"]
 _NETLINK_ROUTE: Final = 0
 _RTMGRP_LINK: Final = 0x1  # the multicast group of RTM_NEWLINK/RTM_DELLINK notifications
 _RECEIVE: Final = 1 << 16
-_POLL_FLOOR: Final = 0.0002  # seconds: without a notification socket, the first of growing sleeps
-_POLL_CEILING: Final = 0.005
 
 
 def exists(name: str) -> bool:
@@ -35,12 +33,11 @@ def exists(name: str) -> bool:
 
 def wait_gone(name: str, timeout: float) -> bool:
     """Whether the interface `name` is gone within `timeout` seconds. The subscription comes
-    before the first look, so its removal cannot fall between the look and the wait."""
-    if timeout <= 0:
-        return not exists(name)
-    events = _subscribe()
+    before the first look, so its removal cannot fall between the look and the wait. Without a
+    subscription (no descriptor left) it only looks: the caller deletes what is still there."""
+    events = _subscribe() if timeout > 0 else None
     if events is None:
-        return _poll_gone(name, timeout)
+        return not exists(name)
     with events:
         deadline = time.monotonic() + timeout
         while exists(name):
@@ -74,14 +71,3 @@ def _drain(events: socket.socket) -> None:
             return
         except OSError:  # ENOBUFS: notifications were lost; the look that follows tells all the same
             return
-
-
-def _poll_gone(name: str, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = _POLL_FLOOR
-    while exists(name):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, _POLL_CEILING)
-    return True
