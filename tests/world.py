@@ -129,6 +129,15 @@ class World:
         }
 
     @staticmethod
+    def comm(pid: int) -> str:
+        """A process's name (what it exec'd last), "" once it is gone."""
+        try:
+            with open(f"/proc/{pid}/comm") as comm:
+                return comm.read().strip()
+        except OSError:
+            return ""
+
+    @staticmethod
     def pids_running(marker: str) -> list[int]:
         """Host pids of live processes whose command line contains `marker` (sandboxes see
         themselves in PID namespaces of their own: their pids mean nothing out here)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -13,6 +12,8 @@ import pytest
 from tests.world import SYSTEM_PYTHON
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tests.world import World
 
 pytestmark = pytest.mark.privileged
@@ -109,7 +110,7 @@ def test_name_ls_exec_and_ip_netns_exec(world: World, tmp_path: Path) -> None:
     assert "already used" in clash.stderr
     lingering = world.popen("ip", "netns", "exec", "web", "sleep", "300")
     # nsenter and ip exec in place: once the pid runs sleep, it is in the sandbox's namespace
-    world.wait_for(lambda: _comm(lingering.pid) == "sleep", what="ip netns exec to join web")
+    world.wait_for(lambda: world.comm(lingering.pid) == "sleep", what="ip netns exec to join web")
     web.terminate()
     assert web.wait(timeout=10) == -signal.SIGTERM  # nsrun dies of the signal its command died of
     assert lingering.wait(timeout=10) != 0  # what joined the namespace ended with the sandbox
@@ -201,10 +202,3 @@ def test_bad_container_options(world: World, args: list[str]) -> None:
     assert result.stderr.startswith("nsrun: ")
     assert result.stderr.count("\n") == 1, result.stderr
     assert world.snapshot() == before
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""

@@ -244,7 +244,7 @@ def test_a_namespace_kept_alive_from_outside_loses_its_veth_with_the_sandbox(wor
     duration = world.unique(301)
 
     def command() -> list[int]:  # the sleep itself, not nsrun (its command line holds it too)
-        return [pid for pid in world.pids_running(f"sleep {duration}") if _comm(pid) == "sleep"]
+        return [pid for pid in world.pids_running(f"sleep {duration}") if world.comm(pid) == "sleep"]
 
     sandbox = world.nsrun_popen("--", "sleep", duration)
     world.wait_for(command, what="the sandbox's command")
@@ -266,11 +266,3 @@ def test_masquerade_is_seen_by_the_wan_server_log(world: World) -> None:
     assert result.stdout.strip() == UPLINK_ADDRESS
     time.sleep(0.1)
     assert server.poll() is None
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            return comm.read().strip()
-    except OSError:
-        return ""
