@@ -252,8 +252,9 @@ class Helper:
         """The spare made for this kind of job, else any, else one forked now."""
         for candidates in ([s for s in self.spares if s.for_requests == for_requests], self.spares):
             if candidates:
-                self.spares.remove(candidates[0])
-                return candidates[0]
+                spare = candidates[0]  # before the removal: the second list is `self.spares` itself
+                self.spares.remove(spare)
+                return spare
         return self._spawn(for_requests)
 
     def _replenish(self) -> None:
