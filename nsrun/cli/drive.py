@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing import Any, Final, Protocol
 
     from nsrun.process.plan import ProcessPlan
-    from nsrun.process.shim import Outcome, ShimFds, Started
+    from nsrun.process.shim import Outcome, Shim, ShimFds, Started
 
     class Controller(Protocol):
         """Whoever set the sandbox up, and will tear it down."""
@@ -33,8 +33,34 @@ if TYPE_CHECKING:
             (what joined the sandbox ended) `release` closes the shim side's descriptors."""
             ...
 
+    class SetupGate(Protocol):
+        """An early hand-over: the set-up goes on elsewhere while the command gets ready here."""
 
-__all__ = ["Launch", "Reporter", "await_report", "drive", "read_report", "redirect_output", "show_report"]
+        def fileno(self) -> int:
+            """Readable once the set-up has ended."""
+            ...
+
+        def outcome(self) -> dict[str, Any] | None:
+            """How it ended: {"go": {}} (it opened the gate: the command runs), {"exit": STATUS}
+            (it failed, said why and undid itself), or None (whoever set it up went away)."""
+            ...
+
+        def abort(self, signum: int) -> None:
+            """Ask the set-up to stop and undo itself (its outcome then says whether it did)."""
+            ...
+
+
+__all__ = [
+    "Launch",
+    "Reporter",
+    "SetupFailed",
+    "await_report",
+    "drive",
+    "read_report",
+    "redirect_output",
+    "show_report",
+    "warn",
+]
 
 EXIT_NSRUN_FAILED: Final = 125
 _LOG_TAIL_LINES: Final = 20
@@ -142,18 +168,28 @@ def _log_tail(path: str | None) -> str:
         return ""
 
 
-def _warn(text: str) -> None:
+def warn(text: str) -> None:
     print(f"nsrun: warning: {text}", file=sys.stderr)
 
 
-def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
-    """Run the sandbox's shim in this process; its status (or death by its command's signal)."""
-    from nsrun.cli.entry import die_by, pending_signal, take_pending
+class SetupFailed(Exception):  # noqa: N818  # not an error of this process: the set-up said why
+    """The set-up behind an early hand-over failed (its exit status) or its maker went away (None)."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def drive(launch: Launch, controller: Controller, reporter: Reporter, gate: SetupGate | None = None) -> int:
+    """Run the sandbox's shim in this process; its status (or death by its command's signal).
+    With `gate`, the set-up is still under way: the command runs once it has ended, and if it
+    fails, nothing runs (SetupFailed; death by the signal that aborted it)."""
+    from nsrun.cli.entry import die_by, take_pending
     from nsrun.process.readiness import listening
     from nsrun.process.shim import Shim
 
     for warning in launch.warnings:
-        _warn(warning)
+        warn(warning)
     port = launch.readiness[0] if launch.readiness else None
 
     acknowledged: list[Callable[[], bool]] = []
@@ -181,9 +217,9 @@ def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
         on_ready=(lambda: report({"name": launch.name})) if port is not None else None,
         held=take_pending,
     )
+    watch = _GateWatch(gate, shim) if gate is not None else None
     try:
-        # a signal that came while it was set up: the command never starts
-        outcome = _interrupted(signum) if (signum := pending_signal()) is not None else shim.run()
+        outcome = _run(shim, watch)
 
         def release() -> None:
             shim.close()
@@ -196,8 +232,78 @@ def drive(launch: Launch, controller: Controller, reporter: Reporter) -> int:
         shim.close()
         launch.release()
     for failure in failures:
-        _warn(f"{failure} (run `nsrun doctor`)")
+        warn(f"{failure} (run `nsrun doctor`)")
     return _conclude(launch, shim.not_ready, outcome, reporter, die_by)
+
+
+class _GateWatch:
+    """The gated shim's side of an early hand-over: "go" opens the gate; a failed set-up ends the
+    init (the command never ran); a signal meanwhile aborts the set-up, as it would before it."""
+
+    def __init__(self, gate: SetupGate, shim: Shim) -> None:
+        self.gate = gate
+        self.shim = shim
+        self.aborted: list[int] = []
+        self.failed: list[dict[str, Any] | None] = []
+        shim.on_gated_signal = self.on_signal
+        shim.watch(gate.fileno(), self.on_outcome)
+
+    def on_signal(self, signum: int) -> bool:
+        from nsrun.cli.entry import HELD_SIGNALS
+
+        if signum not in HELD_SIGNALS:
+            return False
+        if not self.aborted:
+            self.gate.abort(signum)
+        self.aborted.append(signum)
+        return True
+
+    def on_outcome(self) -> bool:
+        if (message := self.gate.outcome()) is not None and "go" in message:
+            self.shim.gate_opened(self.aborted)  # too late to abort: the command gets them, as it would have
+        else:
+            self.failed.append(message)
+            self.shim.kill()  # its init, and the command waiting to exec, go unrun
+        return False
+
+    def settle(self, signum: int) -> None:
+        """A signal came before the shim ran: the set-up is asked to stop. If it did, nothing runs
+        (death by the signal); if it had ended already, the sandbox is torn down as interrupted."""
+        from nsrun.cli.entry import die_by
+
+        self.gate.abort(signum)
+        message = self.gate.outcome()
+        if message is None or "go" not in message:
+            die_by(signum)
+
+    def conclude(self) -> None:
+        """After the shim: SetupFailed (or death by the signal that aborted it) if it never ran."""
+        from nsrun.cli.entry import die_by
+
+        if self.shim.gated:
+            # the init ended before the set-up's outcome was read (the gate closed unopened, or
+            # the command ran and ended at once): it comes, or the connection's end does
+            self.on_outcome()
+        if not self.failed:
+            return
+        if self.aborted:
+            die_by(self.aborted[0])
+        message = self.failed[0]
+        raise SetupFailed(int(message["exit"]) if message is not None and "exit" in message else None)
+
+
+def _run(shim: Shim, watch: _GateWatch | None) -> Outcome:
+    from nsrun.cli.entry import pending_signal
+
+    if (signum := pending_signal()) is not None:
+        # a signal that came while it was set up: the command never starts
+        if watch is not None:
+            watch.settle(signum)
+        return _interrupted(signum)
+    outcome = shim.run()
+    if watch is not None:
+        watch.conclude()
+    return outcome
 
 
 def _interrupted(signum: int) -> Outcome:

@@ -209,6 +209,20 @@ class _HelperController:
             self.lost = True
         return answer
 
+    # an early hand-over (`SetupGate`): the worker goes on setting the sandbox up, then says how it ended
+    def fileno(self) -> int:
+        return self.channel.fileno()
+
+    def outcome(self) -> dict[str, Any] | None:
+        answer = self._answer()
+        return None if answer is None or ("go" not in answer and "exit" not in answer) else answer
+
+    def abort(self, signum: int) -> None:
+        try:
+            self.channel.send({"abort": signum})
+        except OSError:
+            pass  # the worker is gone: its outcome (none) says so
+
     def started(self, info: Started) -> tuple[int, Callable[[], bool]] | None:
         """Said, not waited for: the helper notes it in the record (1-2 ms) while the command
         runs. Its acknowledgement is read when it comes, or before the end is said."""
@@ -238,7 +252,11 @@ class _HelperController:
         return False
 
     def ended(self, status: int, release: Callable[[], None]) -> list[str]:
-        self._acknowledged()  # the answers come in order: "started"'s first
+        if self._started is not None:  # the answers come in order: "started"'s first
+            self._started = None
+            # unanswered (the helper went away), its start is not noted: the sandbox has ended
+            # (its descriptors may be closed already) and is torn down next
+            self._answer()
         # its id too: a command interrupted before it started never said "started"
         ended = {"status": status, "ran": self.ran, "id": self.sandbox_id, "entry": self.entry}
         answer = self._ask({"ended": ended})
@@ -299,10 +317,11 @@ def _request(argv: list[str], *, detached: bool) -> dict[str, Any]:
 
 
 def _launch(channel: Channel, info: dict[str, Any], fds: list[int], report: int | None) -> int:
-    from nsrun.cli.drive import Launch, Reporter, drive, redirect_output
+    from nsrun.cli.drive import Launch, Reporter, SetupFailed, drive, redirect_output
     from nsrun.process.plan import ProcessPlan
     from nsrun.process.shim import ShimFds
 
+    gate = fds.pop() if info.get("gated") and fds else None  # an early hand-over's (sent last)
     if info.get("log") and fds:
         redirect_output(fds.pop())  # a detached sandbox writes to its log
     # the netns first (if it has one), then the published ports' sockets: held for the sandbox's life
@@ -310,16 +329,22 @@ def _launch(channel: Channel, info: dict[str, Any], fds: list[int], report: int 
     readiness = info.get("readiness")
     launch = Launch(
         plan=ProcessPlan.from_dict(info["plan"]),
-        fds=ShimFds(netns=netns),
+        fds=ShimFds(netns=netns, gate=gate),
         name=str(info["name"]),
         readiness=(int(readiness[0]), float(readiness[1])) if readiness else None,
         log=info.get("log"),
         warnings=[str(w) for w in info.get("warnings", [])],
-        owned=fds,
+        owned=fds + ([gate] if gate is not None else []),
         pinned_for_teardown=bool(info.get("pinned_for_teardown", True)),
     )
     controller = _HelperController(channel, str(info["id"]), entry=bool(info.get("entry")))
-    return drive(launch, controller, Reporter(report))
+    try:
+        return drive(launch, controller, Reporter(report), controller if gate is not None else None)
+    except SetupFailed as failure:
+        if failure.status is not None:
+            return failure.status  # the worker said why, and undid its set-up
+        _reclaim_own()  # the worker went away half-way: nothing ran, so the command line runs here
+        raise Unavailable("the helper went away") from None
 
 
 def _detach(argv: list[str]) -> int:

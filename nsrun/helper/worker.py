@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -89,6 +90,11 @@ class _Launcher:
         if self.detached or request.name is not None:
             entry = LogEntry(sandbox.sandbox_id, sandbox.name, request.argv, time.time(), logged=self.detached)
         log_fd = logbook.open_log(sandbox.sandbox_id) if self.detached else None
+        # an attached launch is handed over early: the client builds the sandbox's view and readies
+        # its command while the network is set up here (a detached one reports to its caller first)
+        gate = os.pipe2(os.O_CLOEXEC) if not self.detached else None
+        if gate is not None:
+            sandbox.on_planned = lambda: self._hand_over(sandbox, readiness, log_fd, logbook, entry, gate[0])
         try:
             sandbox.setup()
             if entry is not None:
@@ -97,7 +103,34 @@ class _Launcher:
             if log_fd is not None:
                 os.close(log_fd)
                 logbook.remove(sandbox.sandbox_id)
-            raise
+            raise  # the gate closes with this process: the command never runs
+        try:
+            if gate is not None:
+                self._open_gate(sandbox, gate[1])
+            else:
+                self._hand_over(sandbox, readiness, log_fd, logbook, entry, None)
+        except OSError:
+            self._abandon(sandbox, logbook, entry)
+        sandbox.close()
+        _reclaim_later(sandbox.dirs, sandbox.network.name if sandbox.network else None)
+        raise _Handover
+
+    def _hand_over(
+        self,
+        sandbox: Any,
+        readiness: tuple[int, float] | None,
+        log_fd: int | None,
+        logbook: Any,
+        entry: Any,
+        gate: int | None,
+    ) -> None:
+        """The client becomes the sandbox's shim. With `gate` (a pipe's reading end), set-up goes
+        on here: the command, ready to exec, waits for its byte; "exit" instead says the set-up
+        failed (and undid itself). OSError: the client is gone."""
+        from nsrun.cli.entry import Interrupted
+
+        gated = gate is not None
+
         plan = sandbox.plan.to_dict() if sandbox.plan is not None else {}
         launch: dict[str, Any] = {
             "id": sandbox.sandbox_id,
@@ -107,18 +140,33 @@ class _Launcher:
             "readiness": list(readiness) if readiness else None,
             "log": str(logbook.log_path(sandbox.sandbox_id)) if log_fd is not None else None,
             "entry": entry is not None,
-            "warnings": list(sandbox.warnings),
+            "warnings": [] if gated else list(sandbox.warnings),  # gated: said by `_open_gate`
             # its teardown ends what joined it by name first (`ip netns exec`), through the pins
             "pinned_for_teardown": bool(sandbox.record and sandbox.record.netns_name),
+            "gated": gated,
         }
-        fds = sandbox.handoff_fds() + ([log_fd] if log_fd is not None else [])
+        # the gate last: the client takes it first
+        fds = sandbox.handoff_fds() + [fd for fd in (log_fd, gate) if fd is not None]
         try:
             self.channel.send({"launch": launch}, fds)
         except OSError:
-            self._abandon(sandbox, logbook, entry)
-        sandbox.close()
-        _reclaim_later(sandbox.dirs, sandbox.network.name if sandbox.network else None)
-        raise _Handover
+            if gated:
+                raise Interrupted(9) from None  # the client is gone: set-up undoes itself
+            raise
+        if gate is not None:
+            os.close(gate)
+
+    def _open_gate(self, sandbox: Any, gate: int) -> None:
+        """The set-up is complete: its warnings (on the client's stderr, which is this worker's),
+        then the command execs, and the client hears so. OSError: the client is gone."""
+        from nsrun.cli.drive import warn
+
+        for warning in sandbox.warnings:
+            warn(warning)
+        sys.stderr.flush()
+        os.write(gate, b"g")
+        os.close(gate)
+        self.channel.send({"go": {}})
 
     @staticmethod
     def _abandon(sandbox: Any, logbook: Any, entry: Any) -> NoReturn:

@@ -96,6 +96,10 @@ class Sandbox:
     # a namespace made ahead by `open_sandbox_netns` (a warm helper's spare worker makes one while
     # it waits): set-up takes it instead of making one; the sandbox owns it either way
     ready_netns: tuple[int, Any] | None = None
+    # an early hand-over: called once the process plan is made (and the namespace and published
+    # ports are held), before the bridge, firewall and veth are; the command must not run before
+    # set-up has returned
+    on_planned: Callable[[], None] | None = None
     netns_fd: int | None = field(default=None, init=False)
     network: NetworkSpec | None = field(default=None, init=False)
     lease: Lease | None = field(default=None, init=False)
@@ -168,10 +172,17 @@ class Sandbox:
                 self._setup_bridged()
             elif self.request.net is NetMode.SANDBOX:
                 self._join_netns()
-            binds = self._write_etc_files()
-            self.plan = plan_process(self.request, self.hostname, binds)
+            if self.plan is None:
+                self._plan()
             self._note_addresses()
             undo.pop_all()  # from here on the record says what to undo
+
+    def _plan(self) -> None:
+        """The sandbox's /etc files and its process plan: all its command's side needs."""
+        binds = self._write_etc_files()
+        self.plan = plan_process(self.request, self.hostname, binds)
+        if self.on_planned is not None:
+            self.on_planned()
 
     def _note_addresses(self) -> None:
         """The record holds the sandbox's addresses and MAC before its command runs: its teardown,
@@ -450,6 +461,8 @@ class Sandbox:
             self._undo.callback(self._release, store, lease, network)
             # every sandbox of the network resolves this one's name from now on
             self.hosts = manager.add_host_entries(self.dirs, network, store, lease)
+            if self.attachment is None:
+                self._plan()  # as early as it can be made: an early hand-over then overlaps the rest
             host_side = manager.ensure_host_side(self.dirs, host, network, store)
             bridge_index, network = host_side.bridge_index, host_side.spec
             self.network = network

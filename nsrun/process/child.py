@@ -135,8 +135,18 @@ def _execute(plan: ProcessPlan) -> tuple[int, str | None]:
     return first_error
 
 
-def exec_command(plan: ProcessPlan, report_fd: int, tty_fd: int | None) -> NoReturn:
-    """Become the command. Never returns: either the exec replaces this process, or it exits."""
+def _await_gate(gate_fd: int) -> None:
+    """Wait, confined and ready to exec, until the sandbox's set-up has ended (a byte). An end
+    of file means it failed, or whoever made it went away: nothing runs."""
+    opened = os.read(gate_fd, 1)
+    os.close(gate_fd)
+    if not opened:
+        raise RuntimeError("its network set-up did not complete")
+
+
+def exec_command(plan: ProcessPlan, report_fd: int, tty_fd: int | None, gate_fd: int | None = None) -> NoReturn:
+    """Become the command. Never returns: either the exec replaces this process, or it exits.
+    With `gate_fd`, everything up to the exec is done first, then the exec waits for the gate."""
     code = EXIT_SETUP_FAILED
     try:
         os.setsid()
@@ -151,6 +161,8 @@ def exec_command(plan: ProcessPlan, report_fd: int, tty_fd: int | None) -> NoRet
             raise OSError(
                 err.errno, f"changing to directory {plan.cwd!r}: {os.strerror(err.errno or 0).lower()}"
             ) from err
+        if gate_fd is not None:
+            _await_gate(gate_fd)
         failure, tried = _execute(plan)
         code = exit_code_for(failure)
         message = _explain(failure, plan.argv[0], tried)

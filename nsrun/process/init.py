@@ -86,14 +86,17 @@ def _open_terminal() -> tuple[int, int]:
     return os.openpty()  # both ends close-on-exec: the command gets the slave through dup2
 
 
-def _start_command(plan: ProcessPlan, tty_fd: int | None) -> tuple[int, str | None]:
-    """Fork the command; (its pid, None) once its exec worked, else (pid, 'CODE message')."""
+def _start_command(plan: ProcessPlan, tty_fd: int | None, gate_fd: int | None) -> tuple[int, str | None]:
+    """Fork the command; (its pid, None) once its exec worked, else (pid, 'CODE message').
+    With `gate_fd`, the child gets ready up to its exec, which waits for the gate to open."""
     report_read, report_write = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         os.close(report_read)
-        exec_command(plan, report_write, tty_fd)
+        exec_command(plan, report_write, tty_fd, gate_fd)
     os.close(report_write)
+    if gate_fd is not None:
+        os.close(gate_fd)
     with os.fdopen(report_read, "rb") as reader:
         failure = reader.read().decode(errors="replace")
     return pid, failure or None
@@ -137,10 +140,16 @@ def _end_leftovers(sigs: set[int]) -> None:
 
 
 def run_init(
-    plan: ProcessPlan, sock: wire.Socket, netns_fd: int | None, join: dict[str, int] | None = None
+    plan: ProcessPlan,
+    sock: wire.Socket,
+    netns_fd: int | None,
+    join: dict[str, int] | None = None,
+    gate_fd: int | None = None,
 ) -> NoReturn:
     """The body of PID 1 (or, with `join`, of the parent of a command exec'd into a running
-    sandbox, inside its PID namespace); exits, never returns."""
+    sandbox, inside its PID namespace); exits, never returns. `gate_fd`: the sandbox's network is
+    still being set up (an early hand-over); its view is built and its command made ready
+    meanwhile, and the command execs once whoever sets it up writes to the gate."""
     sigs = forwardable_signals()
     try:
         signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
@@ -156,7 +165,7 @@ def run_init(
         wire.send(sock, {"event": "ready"}, namespaces + ([master] if master is not None else []))
         for fd in namespaces + ([master] if master is not None else []):
             os.close(fd)
-        command, failure = _start_command(plan, slave)
+        command, failure = _start_command(plan, slave, gate_fd)
         if slave is not None:
             os.close(slave)
     except Exception as err:  # noqa: BLE001  # reported to the shim, which says what failed

@@ -60,6 +60,8 @@ class ShimFds:
         netns: int | None = None,  # the sandbox's network namespace (None: the host's)
         join: dict[str, int] | None = None,  # `nsrun exec`: the running sandbox's pinned namespaces
         control: int | None = None,  # to the controller: EOF means it died and the sandbox must end
+        # an early hand-over: the set-up goes on elsewhere; the command execs once this pipe gives a byte
+        gate: int | None = None,
         stdin: int = 0,  # the command's stdio (and the terminal relayed, with a tty)
         stdout: int = 1,
         stderr: int = 2,
@@ -67,6 +69,7 @@ class ShimFds:
         self.netns = netns
         self.join = join
         self.control = control
+        self.gate = gate
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
@@ -104,7 +107,7 @@ class Outcome:
 
 
 class Shim:
-    def __init__(  # one keyword per hook
+    def __init__(  # noqa: PLR0913  # one keyword per hook
         self,
         plan: ProcessPlan,
         fds: ShimFds | None = None,
@@ -117,6 +120,9 @@ class Shim:
         on_ready: Callable[[], None] | None = None,
         # signals the caller caught before this shim took over signals (they go to the command too)
         held: Callable[[], list[int]] | None = None,
+        # with fds.gate: until `gate_opened()`, a signal goes to `on_gated_signal` first, which
+        # takes it (True: it aborts the set-up still under way) or leaves it to the usual handling
+        on_gated_signal: Callable[[int], bool] | None = None,
     ) -> None:
         self.plan = plan
         self.fds = fds if fds is not None else ShimFds()
@@ -126,6 +132,8 @@ class Shim:
         self.ready_timeout = ready_timeout
         self.on_ready = on_ready
         self.held = held
+        self.gated = self.fds.gate is not None
+        self.on_gated_signal = on_gated_signal
         self.not_ready = False
         self.namespace_fds: dict[str, int] = {}
         self.init_pid: int | None = None
@@ -136,18 +144,19 @@ class Shim:
         self._command_done = False
         self._ready_deadline: float | None = None
         self._kill_deadline: float | None = None
-        self._watched: dict[int, Callable[[], bool]] = {}
+        self._watched: dict[int, list[Callable[[], bool]]] = {}
 
     def watch(self, fd: int, handler: Callable[[], bool]) -> None:
         """Call `handler` whenever `fd` is readable while the sandbox runs, until it returns
-        False (a caller's answer that may come while the command runs, not waited for)."""
-        self._watched[fd] = handler
+        False (a caller's answer that may come while the command runs, not waited for). A second
+        handler of the same fd waits for the first to be done."""
+        self._watched.setdefault(fd, []).append(handler)
 
     def run(self) -> Outcome:
         """Start the sandbox's processes and wait until its init is gone; the namespace fds stay
         open (call `close()` once the teardown no longer needs them)."""
         sigs = forwardable_signals() - _NOT_FORWARDED
-        signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
+        previous = signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
         signal_fd = libc.signalfd(sorted(sigs))
         try:
             sock = self._fork_init()
@@ -159,7 +168,18 @@ class Shim:
                 sock.close()
         finally:
             os.close(signal_fd)
+            # the caller's mask and PID namespace for children again: after a gated start that
+            # failed, the caller goes on (and may fork, or start another sandbox)
+            signals.pthread_sigmask(signals.SIG_SETMASK, previous)
+            _own_pid_namespace_for_children()
         return self._outcome
+
+    def gate_opened(self, passed_on: list[int] | None = None) -> None:
+        """The set-up ended and opened the gate: signals are the command's again. `passed_on`:
+        signals that came meanwhile, too late to abort the set-up: the command gets them."""
+        self.gated = False
+        for signo in passed_on or []:
+            self.forward(signo)  # the init holds it until the command runs
 
     def close(self) -> None:
         wire.close_fds(list(self.namespace_fds.values()))
@@ -177,9 +197,9 @@ class Shim:
         if pid == 0:
             ours.close()
             self._child_stdio()
-            keep = {theirs.fileno(), *([self.fds.netns] if self.fds.netns is not None else [])}
+            keep = {theirs.fileno(), *(fd for fd in (self.fds.netns, self.fds.gate) if fd is not None)}
             _close_all_but(keep | set((self.fds.join or {}).values()))
-            run_init(self.plan, theirs, self.fds.netns, self.fds.join)
+            run_init(self.plan, theirs, self.fds.netns, self.fds.join, self.fds.gate)
         theirs.close()
         self.init_pid = pid
         return ours
@@ -223,9 +243,14 @@ class Shim:
                 relay.drain(self._master)
 
     def _on_watched(self, ready: list[int]) -> None:
+        # handlers of one fd take its answers in the order they were asked for: an early
+        # hand-over's outcome, then the acknowledgement of "started", on the same connection
         for fd in [fd for fd in self._watched if fd in ready]:
-            if not self._watched[fd]():
-                del self._watched[fd]
+            handlers = self._watched[fd]
+            if not handlers[0]():
+                handlers.pop(0)
+                if not handlers:
+                    del self._watched[fd]
 
     def _poll_interval(self) -> float | None:
         return _READY_POLL if self._ready_deadline is not None or self._kill_deadline is not None else None
@@ -251,6 +276,8 @@ class Shim:
         for signo, _code, _sender in received:
             if signo == signals.SIGCHLD:
                 self._reap()
+            elif self.gated and self.on_gated_signal is not None and self.on_gated_signal(signo):
+                pass  # taken to abort the set-up
             elif signo == signals.SIGWINCH and relay is not None and self._master is not None:
                 terminal.copy_window_size(self.fds.stdin, self._master)
             elif signo == signals.SIGTSTP and relay is None:
@@ -348,6 +375,16 @@ class Shim:
         elif request.get("op") == "kill":
             self.kill()
         return True
+
+
+def _own_pid_namespace_for_children() -> None:
+    """Children of this process go into its own PID namespace again, not the sandbox's (whose
+    init has ended: a fork into it fails, and a process can make a PID namespace only once)."""
+    fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd, libc.CLONE_NEWPID)
+    finally:
+        os.close(fd)
 
 
 def _close_all_but(keep: set[int]) -> None:

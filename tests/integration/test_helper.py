@@ -5,6 +5,7 @@ leaves nothing. Each test in its own world, where the helper is the world's own.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -134,7 +135,8 @@ def test_a_helper_killed_mid_launch_leaves_nothing(world: World, moment: float) 
     proc = world.nsrun_popen("--", "sh", "-c", "echo ran")
     time.sleep(moment)
     for pid in helper_pids(world):  # the helper and its workers
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a worker whose job ended meanwhile
+            os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err  # the launch still succeeds: in-process if it must
     assert out == "ran\n"
@@ -310,3 +312,31 @@ def test_a_detached_sandbox_is_recorded_as_running_once_its_name_is_printed(worl
         assert record["child_pid"]
         joined = world.nsrun("exec", name, "--", "true")
         assert joined.returncode == 0, joined.stderr
+
+
+def test_a_set_up_failing_after_the_hand_over_runs_nothing_and_leaves_nothing(world: World) -> None:
+    """The client gets the sandbox's plan before its network is set up (an early hand-over): a
+    failure after that point (here the host routes the network's subnet elsewhere, which only the
+    host side's check finds) is said once, and the command, ready to exec, never runs."""
+    start_helper(world)
+    subnet = json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["subnet"]
+    vpn = str(ipaddress.IPv4Network(subnet).supernet(new_prefix=16))  # a VPN's route over it
+    assert world.run("ip", "route", "add", vpn, "via", "203.0.113.10", "dev", "uplink").returncode == 0
+    before = world.snapshot()
+    result = world.nsrun("--", "sh", "-c", "echo ran")
+    assert result.returncode == 125
+    assert result.stdout == ""  # it never ran
+    assert "now overlaps" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert world.snapshot() == before
+
+
+def test_the_command_starts_with_its_network_complete(world: World) -> None:
+    """Through the helper the command's side is ready first and waits: its first look at the
+    network finds its address and its default route, every time."""
+    start_helper(world)
+    for _ in range(5):
+        result = world.nsrun("--", "sh", "-c", "ip -4 -o addr show dev eth0; ip -4 route show default")
+        assert result.returncode == 0, result.stderr
+        assert " inet " in result.stdout
+        assert "default via" in result.stdout

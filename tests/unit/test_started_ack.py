@@ -88,6 +88,18 @@ def test_a_helper_gone_before_its_answer_leaves_the_record_and_the_teardown_to_t
     assert controller.torn_down == [3]
 
 
+def test_a_helper_gone_with_started_unanswered_at_the_end_leaves_only_the_teardown(pair: Any) -> None:
+    """The command ended before the answer was read, and the helper is gone: its start is not
+    noted then (its descriptors may be closed already); the client tears down."""
+    ours, helper = pair
+    controller = Recording(ours)
+    assert controller.started(INFO) is not None
+    helper.close()
+    assert controller.ended(3, lambda: None) == []
+    assert controller.noted == []
+    assert controller.torn_down == [3]
+
+
 def test_a_helper_gone_before_started_is_said_leaves_it_to_the_client(pair: Any) -> None:
     ours, helper = pair
     controller = Recording(ours)
