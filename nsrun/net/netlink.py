@@ -57,6 +57,7 @@ __all__ = [
     "Rtnl",
     "add_bridge",
     "add_veth_pair",
+    "attach_port",
     "bridge_exists",
     "bridge_mac",
     "bridge_ports",
@@ -269,9 +270,11 @@ def rehearse() -> None:
     pages it touches, milliseconds a spare worker spends before its launch rather than during it."""
     gateway = ipaddress.IPv4Address("192.0.2.1")
     peer = {"index": SANDBOX_IFINDEX, "attrs": [("IFLA_IFNAME", "eth0"), ("IFLA_ADDRESS", "02:00:00:00:00:01")]}
-    veth = [("IFLA_IFNAME", "nsvrehearsal"), ("IFLA_MASTER", 1), ("IFLA_LINKINFO", _veth_info(peer))]
+    veth = [("IFLA_IFNAME", "nsvrehearsal"), ("IFLA_LINKINFO", _veth_info(peer))]
     requests = [
-        (_link_message(0, veth, up=True), RTM_NEWLINK),
+        (_link_message(0, veth), RTM_NEWLINK),
+        (_link_message(SANDBOX_IFINDEX, [], up=True), RTM_NEWLINK),
+        (_link_message(0, [("IFLA_IFNAME", "nsvrehearsal"), ("IFLA_MASTER", 1)], up=True), RTM_NEWLINK),
         (_address_message(SANDBOX_IFINDEX, gateway, 24, 0), RTM_NEWADDR),
         (_default_route_message(gateway), RTM_NEWROUTE),
     ]
@@ -463,10 +466,11 @@ def _ensure_address(rtnl: Rtnl, index: int, address: AnyAddress, prefixlen: int,
             raise _fail(f"adding address {address}/{prefixlen} to {where}", err) from err
 
 
-def create_veth(rtnl: Rtnl, plan: AttachPlan, netns_fd: int, bridge_index: int) -> int:
-    """The veth pair, in one request: the host end a port of the bridge and up (its filter is
-    already in place), its peer created directly inside the sandbox namespace (when that namespace
-    dies the kernel destroys the pair, whatever happened to nsrun). The peer's index there."""
+def create_veth(rtnl: Rtnl, plan: AttachPlan, netns_fd: int) -> int:
+    """The veth pair, in one request, both ends down: its peer created directly inside the sandbox
+    namespace (when that namespace dies the kernel destroys the pair, whatever happened to nsrun),
+    the host end no bridge's port yet (`attach_port`, once its filter is in place). The peer's
+    index there (0: not known)."""
     mtu: list[tuple[str, Any]] = [("IFLA_MTU", plan.mtu)] if plan.mtu else []
     peer_attrs: list[tuple[str, Any]] = [
         ("IFLA_IFNAME", plan.sandbox_ifname),
@@ -477,15 +481,22 @@ def create_veth(rtnl: Rtnl, plan: AttachPlan, netns_fd: int, bridge_index: int) 
     # tunnels live in every new namespace), the kernel picks one
     for index in (SANDBOX_IFINDEX, 0):
         peer = {"index": index, "attrs": peer_attrs + mtu}
-        attrs = [("IFLA_IFNAME", plan.host_veth), ("IFLA_MASTER", bridge_index), *mtu]
         try:
-            rtnl.add_link([*attrs, ("IFLA_LINKINFO", _veth_info(peer))], up=True)
+            rtnl.add_link([("IFLA_IFNAME", plan.host_veth), *mtu, ("IFLA_LINKINFO", _veth_info(peer))])
         except NetlinkError as err:
             if index and err.code in (errno.EBUSY, errno.EEXIST) and not link_exists(rtnl, plan.host_veth):
                 continue
-            raise _fail(f"creating veth {plan.host_veth!r} on bridge {plan.bridge!r}", err) from err
+            raise _fail(f"creating veth {plan.host_veth!r}", err) from err
         return index
     return 0
+
+
+def attach_port(rtnl: Rtnl, plan: AttachPlan, bridge_index: int) -> None:
+    """The host end of a sandbox's veth becomes a port of its bridge, and up."""
+    try:
+        rtnl.set_link(0, [("IFLA_IFNAME", plan.host_veth), ("IFLA_MASTER", bridge_index)], up=True)
+    except NetlinkError as err:
+        raise _fail(f"attaching veth {plan.host_veth!r} to bridge {plan.bridge!r}", err) from err
 
 
 def loopback_up(inner: Rtnl) -> None:
@@ -497,7 +508,7 @@ def loopback_up(inner: Rtnl) -> None:
 
 def configure_sandbox(inner: Rtnl, plan: AttachPlan, index: int = 0) -> None:
     """Inside the sandbox: eth0 (at `index`, 0: look it up) up, its address, the default route
-    via the gateway."""
+    via the gateway (before its host end joins the bridge: nothing flows yet)."""
     action = f"configuring {plan.sandbox_ifname} in the sandbox"
     if not index:
         link = _link(inner, plan.sandbox_ifname)

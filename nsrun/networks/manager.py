@@ -253,19 +253,23 @@ class HostSide:
     repaired: bool  # rules were missing (a flush, a firewall reload): its sandboxes' own need it too
 
 
-def ensure_host_side(dirs: StateDirs, ipr: Rtnl, spec: NetworkSpec, store: LeaseStore | None = None) -> HostSide:
+def ensure_host_side(
+    dirs: StateDirs, ipr: Rtnl, spec: NetworkSpec, store: LeaseStore | None = None, *, launching: str = ""
+) -> HostSide:
     """Bridge, gateway address, forwarding and firewall rules in place; repairs whatever is missing
     (after a reboot, `nft flush ruleset`, a firewall reload). A network whose rules another
     backend installed is moved to the wanted one, so its record always names where its rules are.
     With `store` (its lease store, locked by the caller), veths of its running sandboxes are
-    ports of the bridge again if it had to be recreated."""
+    ports of the bridge again if it had to be recreated; not `launching`, a launch's own veth,
+    which joins once its filter is in place."""
     check_subnet_still_free(spec)
     addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = [(spec.gateway, spec.subnet.prefixlen)]
     if spec.subnet6 is not None and spec.gateway6 is not None:
         addresses.append((spec.gateway6, spec.subnet6.prefixlen))
     index, created = netlink.ensure_bridge(ipr, spec.bridge, addresses)
     if created and store is not None:
-        netlink.ensure_ports(ipr, index, [lease.veth for lease in store.leases() if not _is_stale(lease)])
+        running = [lease.veth for lease in store.leases() if not _is_stale(lease) and lease.veth != launching]
+        netlink.ensure_ports(ipr, index, running)
     if not spec.internal:
         sysctl.ensure_ip_forward(ipv6=spec.subnet6 is not None)
     wanted = _wanted_backend(spec.firewall)
