@@ -107,7 +107,7 @@ class Outcome:
 
 
 class Shim:
-    def __init__(  # noqa: PLR0913  # one keyword per hook
+    def __init__(  # one keyword per hook
         self,
         plan: ProcessPlan,
         fds: ShimFds | None = None,
@@ -120,9 +120,6 @@ class Shim:
         on_ready: Callable[[], None] | None = None,
         # signals the caller caught before this shim took over signals (they go to the command too)
         held: Callable[[], list[int]] | None = None,
-        # with fds.gate: until `gate_opened()`, a signal goes to `on_gated_signal` first, which
-        # takes it (True: it aborts the set-up still under way) or leaves it to the usual handling
-        on_gated_signal: Callable[[int], bool] | None = None,
     ) -> None:
         self.plan = plan
         self.fds = fds if fds is not None else ShimFds()
@@ -133,7 +130,9 @@ class Shim:
         self.on_ready = on_ready
         self.held = held
         self.gated = self.fds.gate is not None
-        self.on_gated_signal = on_gated_signal
+        # while gated (until `gate_opened()`), a signal goes to `on_gated_signal` first, which takes
+        # it (True: it aborts the set-up still under way) or leaves it to the usual handling
+        self.on_gated_signal: Callable[[int], bool] | None = None
         self.not_ready = False
         self.namespace_fds: dict[str, int] = {}
         self.init_pid: int | None = None

@@ -37,13 +37,19 @@ if os.fork() == 0:  # the set-up, still under way
 os.close(gate_write)
 outcome = Shim(plan, ShimFds(gate=gate_read)).run()
 print(f"exit {outcome.exit_code} failure {outcome.failure}", flush=True)
+# the caller goes on: its children go into its own PID namespace again, not the sandbox's
+child = os.fork()
+if child == 0:
+    os._exit(0)
+os.waitpid(child, 0)
+print("the caller forks", flush=True)
 """
 
 
 def test_the_command_runs_only_once_the_gate_opens(world: World) -> None:
     result = world.run(sys.executable, "-c", GATED_SHIM, "open")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["opening", "ran", "exit 7 failure None"]
+    assert result.stdout.splitlines() == ["opening", "ran", "exit 7 failure None", "the caller forks"]
 
 
 def test_a_gate_closed_unopened_runs_nothing(world: World) -> None:
@@ -53,3 +59,4 @@ def test_a_gate_closed_unopened_runs_nothing(world: World) -> None:
     assert lines[0] == "failing"
     assert "ran" not in lines
     assert lines[1] == "exit 125 failure preparing the sandbox: its network set-up did not complete"
+    assert lines[2] == "the caller forks"
