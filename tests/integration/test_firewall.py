@@ -265,3 +265,44 @@ def test_auto_picks_iptables_on_a_legacy_host(auto_world: World, tmp_path: Path)
     assert _reaches_wan(world)
     assert json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["firewall"] == "iptables"
     assert "NSRUN-FORWARD" in world.run("iptables-legacy-save").stdout
+
+
+READ_RULES_BESIDE_PRINTS = """
+import os, sys, threading, time
+from nsrun.firewall.iptables import IptablesBackend
+backend = IptablesBackend()
+stdout = os.readlink("/proc/self/fd/1")
+done = threading.Event()
+counts = []
+prints = 0
+def read():
+    while not done.is_set():
+        counts.append(len(backend.orphans(set())))  # reads every nsrun rule's comment
+reader = threading.Thread(target=read)
+reader.start()
+seen = set()
+deadline = time.monotonic() + 2
+while time.monotonic() < deadline or len(counts) < 50:
+    seen.add(os.readlink("/proc/self/fd/1"))
+    print("x", end="", flush=True)
+    prints += 1
+    time.sleep(0.0002)  # the reader runs meanwhile
+done.set()
+reader.join()
+print()
+print(seen == {stdout}, prints)
+"""
+
+
+def test_reading_iptables_rules_leaves_the_callers_stdout_alone() -> None:
+    # python-iptables reads a rule's comment by pointing descriptor 1 at a pipe meanwhile: a
+    # library caller's thread printing then lost its output or failed with EPIPE
+    w = World(firewall="iptables")
+    try:
+        assert w.nsrun("--", "true").returncode == 0  # the network's rules, with their comments
+        result = w.run(sys.executable, "-c", READ_RULES_BESIDE_PRINTS, timeout=30)
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[1] == f"True {len(lines[0])}"  # descriptor 1 stayed, and no print was lost
+    finally:
+        w.close()
