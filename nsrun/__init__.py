@@ -1,7 +1,7 @@
 """nsrun: run one command, or one test server, in its own network namespace, confined, on a bridge
 with NAT to the outside.
 
-    from nsrun import Sandbox, Network
+    from nsrun import Sandbox, Network, Pool
 
 Importing `nsrun` loads nothing else: the API is imported on first use, so the sandbox's own
 processes (`nsrun.process`) start without the libraries the host side needs.
@@ -15,6 +15,7 @@ __all__ = [
     "Network",
     "NotFoundError",
     "NsrunError",
+    "Pool",
     "Sandbox",
     "SandboxExitedError",
     "SandboxTimeoutError",
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from nsrun.api.network import Network
+    from nsrun.api.pool import Pool
     from nsrun.api.sandbox import Sandbox, SandboxExitedError, SandboxTimeoutError
     from nsrun.errors import ConflictError, NotFoundError, NsrunError, UsageError
 
@@ -35,6 +37,7 @@ _HOMES = {
     "SandboxExitedError": "nsrun.api.sandbox",
     "SandboxTimeoutError": "nsrun.api.sandbox",
     "Network": "nsrun.api.network",
+    "Pool": "nsrun.api.pool",
     "NsrunError": "nsrun.errors",
     "ConflictError": "nsrun.errors",
     "NotFoundError": "nsrun.errors",

@@ -21,25 +21,24 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
 from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from pathlib import Path
     from types import TracebackType
 
+    from nsrun.api.pool import Pool
     from nsrun.launch.sandbox import Sandbox as Launch
     from nsrun.process.plan import ProcessPlan
     from nsrun.state.paths import StateDirs
 
 __all__ = ["Sandbox", "SandboxExitedError", "SandboxTimeoutError"]
 
-_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
 _POLL: Final = 0.02
 _START_TIMEOUT: Final = 60.0
 _LOG_TAIL: Final = 2000
@@ -70,12 +69,6 @@ def _publish_specs(publish: Sequence[int | str | tuple[int, int]]) -> list[str]:
     return specs
 
 
-def _shim_command(control: int) -> list[str]:
-    from nsrun.process.shim_main import BOOT
-
-    return [sys.executable, "-I", "-S", "-c", BOOT, _PACKAGE_ROOT, str(control)]
-
-
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
     from nsrun.process import wire
 
@@ -92,6 +85,17 @@ def _receive(sock: socket.socket, timeout: float | None = None) -> dict[str, Any
         return None
     wire.close_fds(fds)
     return message
+
+
+def _check_pooled(*, net: str, network: str | None, own: tuple[Any, ...]) -> None:
+    """A pooled sandbox's network was made ahead, as its pool says: it cannot ask for its own."""
+    if net != "bridge" or network is not None or any(own):
+        raise UsageError(
+            "a sandbox with pool=",
+            "its network was made ahead by the pool: net, network, name, hostname, ip, mac, publish, dns"
+            " and dirs are the pool's",
+            "give net, network and dns to Pool(...); for a name, an address or a published port, leave pool out",
+        )
 
 
 class Sandbox:
@@ -119,13 +123,19 @@ class Sandbox:
         cap_drop: Sequence[str] = (),
         privileged: bool = False,
         dirs: StateDirs | None = None,
+        pool: Pool | None = None,
     ) -> None:
-        """Checks every option now (UsageError); nothing is touched before `start()`."""
+        """Checks every option now (UsageError); nothing is touched before `start()`. With `pool`,
+        it starts in one of the pool's sandboxes made ahead: its network options are the pool's."""
         from nsrun.launch.request import SandboxRequest
         from nsrun.state.paths import StateDirs
 
         if isinstance(command, str):
             raise UsageError("invalid command", "a list of arguments is expected, not a string", f"use [{command!r}]")
+        if pool is not None:
+            _check_pooled(net=net, network=network, own=(name, hostname, ip, mac, publish, dns, dirs))
+            net, network, dns = pool.net, pool.network, pool.dns
+        self._pool = pool
         self._request = SandboxRequest.parse(
             list(command),
             net=net,
@@ -146,7 +156,7 @@ class Sandbox:
             cap_drop=cap_drop,
             privileged=privileged,
         )
-        self._dirs = dirs or StateDirs()
+        self._dirs = pool.dirs if pool is not None else dirs or StateDirs()
         self._lock = threading.RLock()
         self._ended = threading.Condition(self._lock)
         self._launch: Launch | None = None
@@ -175,39 +185,22 @@ class Sandbox:
         return self
 
     def _start(self) -> None:
-        from nsrun.launch.sandbox import Holder
-        from nsrun.launch.sandbox import Sandbox as Launch
+        from nsrun.api.prepared import Prepared
         from nsrun.state.logbook import LogBook, LogEntry
 
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        launch = Launch(self._request, dirs=self._dirs, holder=Holder(0, 0.0, 0))
+        prepared = self._pool.take() if self._pool is not None else None
+        if prepared is None:
+            prepared = Prepared.make(self._request, self._dirs)  # raises, leaving nothing
+        launch = prepared.launch
+        self._launch, self._shim, self._control, self._log = launch, prepared.shim, prepared.control, prepared.log
         logbook = LogBook(self._dirs)
-        log_fd = logbook.open_log(launch.sandbox_id)
-        self._log = logbook.log_path(launch.sandbox_id)
-        entry = LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True)
         try:
-            shim = subprocess.Popen(  # nsrun's own shim, argv as a list
-                _shim_command(theirs.fileno()),
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=log_fd,
-                pass_fds=[theirs.fileno()],
-                start_new_session=True,  # a Ctrl-C meant for the caller reaches the command only by stop()
-            )
-        finally:
-            theirs.close()
-            os.close(log_fd)
-        self._shim, self._control = shim, ours
-        try:
-            launch.holder = Holder.of(shim.pid)  # the shim holds the lease and the record
-            launch.setup()
-            logbook.record(entry)
-            self._launch = launch
+            if launch.request is not self._request:
+                launch.assign(self._request)  # a pool's: made ahead, it gets its command now
+            logbook.record(LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True))
             self.warnings = list(launch.warnings)
             plan = launch.plan.to_dict() if launch.plan is not None else {}
-            message = {"plan": plan, "netns": launch.netns_fd is not None}
-            _send(ours, message, launch.handoff_fds())  # the shim holds them for the sandbox's life
-            launch.close()
+            prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
             self._await_start(launch)
         except BaseException:
             self._abort()
@@ -462,6 +455,7 @@ class Sandbox:
     ) -> subprocess.Popen[bytes]:
         """Start `argv` inside the running sandbox (as `nsrun exec`): its namespaces, its
         confinement, its user unless `user`. The Popen's return code is the command's."""
+        from nsrun.api.prepared import shim_command
         from nsrun.launch.joining import open_pinned, plan_exec
 
         record = self._record()
@@ -473,7 +467,7 @@ class Sandbox:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = subprocess.Popen(  # nsrun's own shim, argv as a list
-                _shim_command(theirs.fileno()),
+                shim_command(theirs.fileno()),
                 stdin=stdin,
                 stdout=stdout,
                 stderr=stderr,

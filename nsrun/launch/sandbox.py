@@ -111,6 +111,7 @@ class Sandbox:
     not_ready: bool = field(default=False, init=False)  # stopped because `ready` never held
     rollback_failures: list[str] = field(default_factory=list, init=False)
     plan: ProcessPlan | None = field(default=None, init=False)
+    etc_binds: tuple[tuple[str, str], ...] = field(default=(), init=False)  # its /etc files in its view
     warnings: list[str] = field(default_factory=list, init=False)
     held: list[socket.socket] = field(default_factory=list, init=False)  # the published host ports
     # undoes the host side if set-up fails half-way; once it succeeded, the record says what to undo
@@ -182,8 +183,8 @@ class Sandbox:
 
     def _plan(self) -> None:
         """The sandbox's /etc files and its process plan: all its command's side needs."""
-        binds = self._write_etc_files()
-        self.plan = plan_process(self.request, self.hostname, binds)
+        self.etc_binds = tuple(self._write_etc_files())
+        self.plan = plan_process(self.request, self.hostname, self.etc_binds)
         if self.on_planned is not None:
             self.on_planned()
 
@@ -262,6 +263,28 @@ class Sandbox:
 
         self.record = note_started(self.dirs, self.record, started)
 
+    def assign(self, request: SandboxRequest) -> None:
+        """Give a sandbox set up ahead (a pool's spare, its shim not started yet) the command and
+        process options of `request`: its plan and its record follow them. Its network was made
+        for the request it was set up with, so `request` must ask for nothing of the network's
+        (UsageError): no other network, name, hostname, address, MAC, published port or DNS."""
+        if self.record is None or self.plan is None:
+            raise RuntimeError("assign() before setup()")
+        ours = self.request
+        if (request.net, request.network, request.dns) != (ours.net, ours.network, ours.dns) or any(
+            (request.name, request.hostname, request.ip, request.mac, request.publish)
+        ):
+            raise UsageError(
+                "starting a pooled sandbox",
+                f"it was set up ahead on --net {ours.net.value} (network {ours.network!r}); the request asks for"
+                " another network, or a name, hostname, address, MAC, DNS server or published port of its own",
+                "give the network's options to the pool, or start the sandbox without one",
+            )
+        self.request = request
+        self.plan = plan_process(request, self.hostname, self.etc_binds)
+        self.record = replace(_with_process(self.record, request), command=request.argv, created=time.time())
+        self._registry().update(self.record)
+
     def teardown(self, release: Callable[[], None] | None = None) -> None:
         """Undo what the sandbox's record says was made; raise TeardownError listing what failed
         (every step still ran). Half-way, once what joined the sandbox is ended, the descriptors
@@ -299,13 +322,9 @@ class Sandbox:
         return registry(self.dirs)
 
     def _register(self) -> None:
-        from nsrun.confine.capabilities import resolve_caps
-        from nsrun.launch.identity import command_environment
         from nsrun.state.registry import SandboxRecord
 
         request = self.request
-        identity = request.user.identity
-        environment = command_environment(dict(request.environ), request.user, request.env)
         attachment = self.attachment or Attachment("", "", "")
         record = SandboxRecord(
             sandbox_id=self.sandbox_id,
@@ -318,19 +337,11 @@ class Sandbox:
             created=time.time(),
             netns_name=request.name if request.name and request.owns_netns else None,
             ports=tuple(mapping.spec() for mapping in request.publish),
-            uid=identity.uid,
-            gid=identity.gid,
-            groups=identity.groups,
-            env=tuple(environment.items()),
-            caps=resolve_caps(request.cap_add, request.cap_drop, privileged=request.privileged),
-            no_new_privs=request.no_new_privs,
-            seccomp=request.seccomp,
-            privileged=request.privileged,
             hostname=self.hostname,
-            cwd=request.cwd,
             container_id=attachment.container_id,
             ifname=attachment.ifname,
         )
+        record = _with_process(record, request)
         reg = self._registry()
         held: list[socket.socket] = []
 
@@ -624,3 +635,24 @@ class Sandbox:
             )
 
         return make
+
+
+def _with_process(record: SandboxRecord, request: SandboxRequest) -> SandboxRecord:
+    """The record with what `nsrun exec` gives whatever joins the sandbox: the command's user,
+    environment, working directory and confinement."""
+    from nsrun.confine.capabilities import resolve_caps
+    from nsrun.launch.identity import command_environment
+
+    identity = request.user.identity
+    return replace(
+        record,
+        uid=identity.uid,
+        gid=identity.gid,
+        groups=identity.groups,
+        env=tuple(command_environment(dict(request.environ), request.user, request.env).items()),
+        caps=resolve_caps(request.cap_add, request.cap_drop, privileged=request.privileged),
+        no_new_privs=request.no_new_privs,
+        seccomp=request.seccomp,
+        privileged=request.privileged,
+        cwd=request.cwd,
+    )

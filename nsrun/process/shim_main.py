@@ -2,8 +2,9 @@
 (a test suite, a long-lived service) starts it with `python -I -S` and drives it over a socket.
 
 Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message, descriptors beside it):
-  caller -> shim   {"plan": ..., "netns": bool, "join": [kinds]} with the netns fd (if "netns"), the
-                   published ports' sockets (held for the sandbox's life), or the joined namespaces' fds
+  caller -> shim   {"plan": ..., "log": bool, "netns": bool, "join": [kinds]} with the log (if "log": it
+                   becomes the shim's stdout and stderr), the netns fd (if "netns"), the published
+                   ports' sockets (held for the sandbox's life), or the joined namespaces' fds
   shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}}
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BOOT", "main"]
 
-_MAX_FDS: Final = 8
+_MAX_FDS: Final = 64  # the log, the netns, the published ports' sockets
 # what the caller runs: `python -I -S -c BOOT <dir holding the nsrun package> <control fd>`
 BOOT: Final = "import sys; sys.path.insert(0, sys.argv[1]); from nsrun.process.shim_main import main; main()"
 
@@ -70,6 +71,13 @@ def _await_done(sock: wire.Socket, release: Callable[[], None]) -> None:
             release()
 
 
+def _take_output(log: int) -> None:
+    """The sandbox's log becomes this process's stdout and stderr: its command's output."""
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def main() -> NoReturn:
     sock = wire.Socket(fileno=int(sys.argv[2]))
     try:
@@ -79,6 +87,8 @@ def main() -> NoReturn:
         plan = ProcessPlan.from_dict(request["plan"])
     except (OSError, wire.WireError, ValueError, KeyError):
         os._exit(1)
+    if request.get("log") and fds:
+        _take_output(fds.pop(0))
     join = request.get("join")
     shim_fds = ShimFds(control=sock.fileno())
     held: list[int] = []

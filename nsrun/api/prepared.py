@@ -1,0 +1,109 @@
+"""A sandbox made up to its command: its host side set up (record, namespace, address, veth,
+rules, /etc files) and its shim started, waiting for the process plan. `Sandbox.start()` makes
+one and hands it its command at once; a `Pool` makes them ahead and hands them out.
+
+Until its shim has the plan, the caller's process holds the sandbox's network namespace; the
+shim, whose death makes the record and the lease stale, ends when the caller goes away. So a
+crash at any point leaves nothing the next nsrun does not reclaim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from nsrun.errors import NsrunError
+
+if TYPE_CHECKING:
+    from nsrun.launch.request import SandboxRequest
+    from nsrun.launch.sandbox import Sandbox as Launch
+    from nsrun.state.paths import StateDirs
+
+__all__ = ["Prepared", "shim_command"]
+
+_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
+
+
+def shim_command(control: int) -> list[str]:
+    """nsrun's own shim, in a light interpreter of its own, driven over the socket `control`."""
+    from nsrun.process.shim_main import BOOT
+
+    return [sys.executable, "-I", "-S", "-c", BOOT, _PACKAGE_ROOT, str(control)]
+
+
+@dataclass
+class Prepared:
+    launch: Launch
+    shim: subprocess.Popen[bytes]
+    control: socket.socket  # our end; closing it before the plan is sent ends the shim
+    log: Path  # the shim's stdout and stderr: the command's output, once it runs
+
+    @classmethod
+    def make(cls, request: SandboxRequest, dirs: StateDirs) -> Prepared:
+        """Set it up; raises NsrunError (no free address, no such network, ...) and leaves nothing then."""
+        from nsrun.launch.sandbox import Holder
+        from nsrun.launch.sandbox import Sandbox as Launch
+        from nsrun.state.logbook import LogBook
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        launch = Launch(request, dirs=dirs, holder=Holder(0, 0.0, 0))
+        try:
+            shim = subprocess.Popen(  # nsrun's own shim, argv as a list
+                shim_command(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # the sandbox's log, once it is handed its plan
+                stderr=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,  # a Ctrl-C meant for the caller reaches the command only by stop()
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        prepared = cls(launch, shim, ours, LogBook(dirs).log_path(launch.sandbox_id))
+        try:
+            launch.holder = Holder.of(shim.pid)  # the shim holds the lease and the record
+            launch.setup()  # a failure rolls back what it did
+        except BaseException:
+            prepared.discard(set_up=False)
+            raise
+        return prepared
+
+    @property
+    def alive(self) -> bool:
+        return self.shim.poll() is None
+
+    def hand_over(self, message: dict[str, Any]) -> None:
+        """Start it: the shim gets `message` (the process plan), the sandbox's log as its output,
+        and what it holds for the sandbox's life; this process's copies are closed."""
+        from nsrun.process import wire
+        from nsrun.state.logbook import LogBook
+
+        log = LogBook(self.launch.dirs).open_log(self.launch.sandbox_id)
+        try:
+            wire.send(self.control, {**message, "log": True}, [log, *self.launch.handoff_fds()])
+        finally:
+            os.close(log)
+        self.launch.close()
+
+    def discard(self, *, set_up: bool = True) -> list[str]:
+        """Undo it before its command has run: the shim goes, then the host side. What could
+        not be undone."""
+        self.control.close()
+        with contextlib.suppress(ProcessLookupError):
+            self.shim.kill()
+        self.shim.wait()
+        if not set_up:
+            return []
+        try:
+            self.launch.teardown()
+        except NsrunError as err:
+            return [str(err)]
+        return []

@@ -1,0 +1,133 @@
+"""`nsrun.Pool`: sandboxes made ahead, handed out to `Sandbox(..., pool=pool)`, in a private
+world: their commands get their own options and reach the wan through NAT, what a pool holds
+goes with `close()` or with its program, and a spare that died is not handed out."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.world import PEER_CLIENT, SYSTEM_PYTHON, UPLINK_ADDRESS, WAN_ADDRESS
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from tests.world import World
+
+pytestmark = pytest.mark.privileged
+
+SPARE = "(pool spare)"
+
+
+def _records(world: World) -> list[dict[str, object]]:
+    records: list[dict[str, object]] = json.loads(world.nsrun("ls", "--json").stdout)
+    return records
+
+
+def _without(snapshot: dict[str, Any], sandbox_ids: list[str]) -> dict[str, Any]:
+    lines = snapshot["files"].splitlines(keepends=True)
+    return snapshot | {"files": "".join(line for line in lines if not any(i in line for i in sandbox_ids))}
+
+
+def test_pooled_sandboxes_run_with_their_own_options_reach_the_wan_and_leave_nothing(
+    world: World, tmp_path: Path
+) -> None:
+    assert world.nsrun("--", "true").returncode == 0  # the default network exists before the snapshot
+    before = world.snapshot()
+    server = world.wan_server(8080)
+    script = tmp_path / "pool.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import json, subprocess, sys, time
+        from nsrun import Pool, Sandbox
+        def spares():
+            argv = [sys.executable, "-m", "nsrun", "ls", "--json"]
+            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            return sorted(r["command"][0] for r in json.loads(out))
+        with Pool(size=2) as pool:
+            while pool.ready < 2:
+                time.sleep(0.05)
+            print(spares())
+            peer = Sandbox([{SYSTEM_PYTHON!r}, "-c", {PEER_CLIENT!r}, {WAN_ADDRESS!r}, "8080"], pool=pool)
+            print(peer.start().wait(), peer.logs().strip())
+            with Sandbox(["sleep", "60"], pool=pool, env={{"A": "1"}}, user="nobody", workdir="/tmp") as sb:
+                print(sb.name == sb.id, sb.address is not None)
+                print(sb.exec(["sh", "-c", "echo $A $(id -un) $(pwd) $(hostname)"]).stdout.decode().split())
+                print(spares())
+            print(sb.returncode)
+            while pool.ready < 2:
+                time.sleep(0.05)
+        print(spares())
+        print(peer.id, sb.id)
+        """)
+    )
+    result = world.run(sys.executable, str(script), timeout=120)
+    server.kill()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == str([SPARE, SPARE])  # two made ahead, shown as such
+    assert lines[1] == f"0 {UPLINK_ADDRESS}"  # its command ran, NATed to the wan
+    assert lines[2] == "True True"  # named by its id, with an address of the network
+    words = eval(lines[3])  # noqa: S307  # a list this test printed
+    assert words[:3] == ["1", "nobody", "/tmp"]  # exec joins with the command's user, env and workdir
+    assert len(words) == 4  # the hostname: its id
+    commands = eval(lines[4])  # noqa: S307
+    assert "sleep" in commands  # the taken one is a sandbox of its own now; the others wait
+    assert set(commands) - {"sleep"} == {SPARE}
+    assert lines[5] == "-15"
+    assert lines[6] == "[]"  # close() took the spares down
+    handed_out = lines[7].split()  # their logs and exit statuses are kept, as any sandbox's
+    world.wait_for(lambda: _without(world.snapshot(), handed_out) == before, what="the pool to leave nothing")
+
+
+def test_a_killed_spare_is_passed_over_and_a_killed_program_leaks_nothing(world: World, tmp_path: Path) -> None:
+    assert world.nsrun("--", "true").returncode == 0
+    before = world.snapshot()
+    script = tmp_path / "pool.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys, time
+        from nsrun import Pool, Sandbox
+        pool = Pool(size=2).open()
+        while pool.ready < 2:
+            time.sleep(0.05)
+        print("ready", flush=True)
+        sys.stdin.readline()  # the test kills a spare's shim meanwhile
+        for code in (7, 8):
+            sandbox = Sandbox(["sh", "-c", f"exit {code}"], pool=pool)
+            print(sandbox.start().wait(), sandbox.id, flush=True)
+        time.sleep(600)  # killed by the test, its pool still open
+        """)
+    )
+    program = world.popen(sys.executable, str(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert program.stdout is not None
+    assert program.stdin is not None
+    assert program.stdout.readline().strip() == "ready"
+    spares = _records(world)
+    assert [r["command"] for r in spares] == [[SPARE], [SPARE]]
+    subprocess.run(["kill", "-9", str(spares[0]["pid"])], check=True)  # its shim, as an OOM killer would
+    program.stdin.write("go\n")
+    program.stdin.flush()
+    ended = [program.stdout.readline().split() for _ in range(2)]
+    assert [code for code, _ in ended] == ["7", "8"]
+    world.wait_for(lambda: len(_records(world)) == 2, what="the pool to make spares again")
+    program.send_signal(signal.SIGKILL)  # the program dies with its pool open: the spares' shims go with it
+    program.wait()
+    world.wait_for(lambda: _records(world) == [], what="the spares to be reclaimed")
+    assert world.nsrun("--", "true").returncode == 0
+    handed_out = [sandbox_id for _, sandbox_id in ended]
+    world.wait_for(lambda: _without(world.snapshot(), handed_out) == before, what="nothing left of the pool")
+
+
+def test_a_pool_that_cannot_make_sandboxes_says_why_and_leaves_nothing(world: World) -> None:
+    before = world.snapshot()
+    result = world.run(sys.executable, "-c", "from nsrun import Pool\nwith Pool(network='nosuch'): pass", timeout=60)
+    assert result.returncode != 0
+    assert "nosuch" in result.stderr.splitlines()[-1]
+    assert world.snapshot() == before
