@@ -88,7 +88,7 @@ class Prepared:
 
         log = LogBook(self.launch.dirs).open_log(self.launch.sandbox_id)
         try:
-            wire.send(self.control, {**message, "log": True}, [log, *self.launch.handoff_fds()])
+            wire.send(self.control, {**message, "log": True, "ack": True}, [log, *self.launch.handoff_fds()])
         finally:
             os.close(log)
         self.launch.close()

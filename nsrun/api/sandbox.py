@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from nsrun.api.pool import Pool
+    from nsrun.api.prepared import Prepared
     from nsrun.launch.sandbox import Sandbox as Launch
     from nsrun.process.plan import ProcessPlan
     from nsrun.state.paths import StateDirs
@@ -85,6 +86,10 @@ def _receive(sock: socket.socket, timeout: float | None = None) -> dict[str, Any
         return None
     wire.close_fds(fds)
     return message
+
+
+class _SpareLost(Exception):  # noqa: N818  # not an error of the caller's: the shim is gone
+    """The shim ended before it took its plan: nothing of the command ran."""
 
 
 def _check_pooled(*, net: str, network: str | None, own: tuple[Any, ...]) -> None:
@@ -186,11 +191,26 @@ class Sandbox:
 
     def _start(self) -> None:
         from nsrun.api.prepared import Prepared
+
+        # a pool's spare whose shim died before it took its plan is passed over: nothing of its
+        # command ran (the shim says when it took the plan), so the next one may run it
+        for _ in range(self._pool.size if self._pool is not None else 0):
+            spare = self._pool.take() if self._pool is not None else None
+            if spare is None:
+                break
+            try:
+                self._start_prepared(spare)
+            except _SpareLost:
+                continue
+            return
+        try:
+            self._start_prepared(Prepared.make(self._request, self._dirs))  # raises, leaving nothing
+        except _SpareLost:
+            raise self._shim_lost() from None
+
+    def _start_prepared(self, prepared: Prepared) -> None:
         from nsrun.state.logbook import LogBook, LogEntry
 
-        prepared = self._pool.take() if self._pool is not None else None
-        if prepared is None:
-            prepared = Prepared.make(self._request, self._dirs)  # raises, leaving nothing
         launch = prepared.launch
         self._launch, self._shim, self._control, self._log = launch, prepared.shim, prepared.control, prepared.log
         logbook = LogBook(self._dirs)
@@ -200,7 +220,10 @@ class Sandbox:
             logbook.record(LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True))
             self.warnings = list(launch.warnings)
             plan = launch.plan.to_dict() if launch.plan is not None else {}
-            prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
+            try:
+                prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
+            except OSError:
+                raise _SpareLost from None
             self._await_start(launch)
         except BaseException:
             self._abort()
@@ -210,6 +233,11 @@ class Sandbox:
         self._watcher = threading.Thread(target=self._watch, name=f"nsrun-{launch.sandbox_id}", daemon=True)
         self._watcher.start()
 
+    def _shim_lost(self) -> NsrunError:
+        return NsrunError(
+            f"starting sandbox {self.name!r}", "its shim ended before the command started", f"see its log {self._log}"
+        )
+
     def _await_start(self, launch: Launch) -> None:
         from nsrun.process.shim import Started
 
@@ -217,11 +245,11 @@ class Sandbox:
             return
         message = _receive(self._control, _START_TIMEOUT)
         if message is None:
-            raise NsrunError(
-                f"starting sandbox {self.name!r}",
-                "its shim ended before the command started",
-                f"see its log {self._log}",
-            )
+            raise _SpareLost  # it never took the plan
+        if message.get("event") == "planned":
+            message = _receive(self._control, _START_TIMEOUT)
+        if message is None:
+            raise self._shim_lost()
         if message.get("event") == "ended":
             self._control_done()
             failure = message.get("failure") or "the command ended at once"

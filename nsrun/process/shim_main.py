@@ -5,6 +5,7 @@ Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message,
   caller -> shim   {"plan": ..., "log": bool, "netns": bool, "join": [kinds]} with the log (if "log": it
                    becomes the shim's stdout and stderr), the netns fd (if "netns"), the published
                    ports' sockets (held for the sandbox's life), or the joined namespaces' fds
+  shim -> caller   {"event": "planned"} at once, if the caller asked for it ("ack")
   shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}}
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
@@ -87,6 +88,8 @@ def main() -> NoReturn:
         plan = ProcessPlan.from_dict(request["plan"])
     except (OSError, wire.WireError, ValueError, KeyError):
         os._exit(1)
+    if request.get("ack"):
+        _send(sock, {"event": "planned"})  # from here on, the caller may not hand the plan to another shim
     if request.get("log") and fds:
         _take_output(fds.pop(0))
     join = request.get("join")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -86,7 +87,7 @@ def test_pooled_sandboxes_run_with_their_own_options_reach_the_wan_and_leave_not
     world.wait_for(lambda: _without(world.snapshot(), handed_out) == before, what="the pool to leave nothing")
 
 
-def test_a_killed_spare_is_passed_over_and_a_killed_program_leaks_nothing(world: World, tmp_path: Path) -> None:
+def test_killed_spares_are_passed_over_and_a_killed_program_leaks_nothing(world: World, tmp_path: Path) -> None:
     assert world.nsrun("--", "true").returncode == 0
     before = world.snapshot()
     script = tmp_path / "pool.py"
@@ -98,7 +99,7 @@ def test_a_killed_spare_is_passed_over_and_a_killed_program_leaks_nothing(world:
         while pool.ready < 2:
             time.sleep(0.05)
         print("ready", flush=True)
-        sys.stdin.readline()  # the test kills a spare's shim meanwhile
+        sys.stdin.readline()  # the test kills one spare's shim, and stops the other's
         for code in (7, 8):
             sandbox = Sandbox(["sh", "-c", f"exit {code}"], pool=pool)
             print(sandbox.start().wait(), sandbox.id, flush=True)
@@ -111,9 +112,13 @@ def test_a_killed_spare_is_passed_over_and_a_killed_program_leaks_nothing(world:
     assert program.stdout.readline().strip() == "ready"
     spares = _records(world)
     assert [r["command"] for r in spares] == [[SPARE], [SPARE]]
-    subprocess.run(["kill", "-9", str(spares[0]["pid"])], check=True)  # its shim, as an OOM killer would
+    killed, stopped = (str(record["pid"]) for record in spares)
+    subprocess.run(["kill", "-9", killed], check=True)  # a spare's shim, as an OOM killer would
+    subprocess.run(["kill", "-STOP", stopped], check=True)  # one that dies once it is handed its plan
     program.stdin.write("go\n")
     program.stdin.flush()
+    time.sleep(0.5)
+    subprocess.run(["kill", "-9", stopped], check=True)  # before it took the plan: nothing of it ran
     ended = [program.stdout.readline().split() for _ in range(2)]
     assert [code for code, _ in ended] == ["7", "8"]
     world.wait_for(lambda: len(_records(world)) == 2, what="the pool to make spares again")
