@@ -14,7 +14,7 @@ pytestmark = pytest.mark.privileged
 
 WAIT = """
 import subprocess, threading
-from nsrun.net.linkwatch import wait_gone
+from nsrun.net.linkwatch import remove_soon, wait_gone
 
 def ip(*args):
     subprocess.run(["ip", *args], check=True)
@@ -30,6 +30,13 @@ ip("netns", "add", "lw")
 ip("link", "add", "lwc0", "type", "veth", "peer", "name", "eth0", "netns", "lw")
 threading.Timer(0.1, ip, ("netns", "del", "lw")).start()
 print("namespace", wait_gone("lwc0", 30))
+# asked to go: gone long before the kernel's request returns (an rcu_barrier), with its peer
+ip("netns", "add", "lw2")
+ip("link", "add", "lwd0", "type", "veth", "peer", "name", "eth0", "netns", "lw2")
+remove_soon("lwd0")
+print("removed", wait_gone("lwd0", 30), subprocess.run(["ip", "-n", "lw2", "link", "show", "eth0"]).returncode != 0)
+remove_soon("nothere0")  # nothing to remove: nothing happens
+ip("netns", "del", "lw2")
 """
 
 
@@ -41,4 +48,5 @@ def test_wait_gone_wakes_when_the_link_goes_and_times_out_while_it_stays(world: 
         "deleted True",
         "missing True True",
         "namespace True",
+        "removed True True",
     ]
