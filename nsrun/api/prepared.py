@@ -30,11 +30,12 @@ __all__ = ["Prepared", "shim_command"]
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
 
 
-def shim_command(control: int) -> list[str]:
-    """nsrun's own shim, in a light interpreter of its own, driven over the socket `control`."""
-    from nsrun.process.shim_main import BOOT
+def shim_command(control: int, *, ahead: bool = False) -> list[str]:
+    """nsrun's own shim, in a light interpreter of its own, driven over the socket `control`.
+    `ahead`: for a sandbox of its own, whose init it forks before the plan comes."""
+    from nsrun.process.shim_main import AHEAD, BOOT
 
-    return [sys.executable, "-I", "-S", "-c", BOOT, _PACKAGE_ROOT, str(control)]
+    return [sys.executable, "-I", "-S", "-c", BOOT, _PACKAGE_ROOT, str(control), *([AHEAD] if ahead else [])]
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Prepared:
         launch = Launch(request, dirs=dirs, holder=Holder(0, 0.0, 0))
         try:
             shim = subprocess.Popen(  # nsrun's own shim, argv as a list
-                shim_command(theirs.fileno()),
+                shim_command(theirs.fileno(), ahead=True),  # its init is forked while the sandbox is set up
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # the sandbox's log, once it is handed its plan
                 stderr=subprocess.DEVNULL,

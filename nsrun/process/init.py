@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from nsrun.process.plan import ProcessPlan
 
-__all__ = ["LEFTOVER_GRACE_SECONDS", "NAMESPACE_KINDS", "forwardable_signals", "run_init"]
+__all__ = ["LEFTOVER_GRACE_SECONDS", "NAMESPACE_KINDS", "forwardable_signals", "run_init", "run_init_ahead"]
 
 LEFTOVER_GRACE_SECONDS: Final = 1.0
 _NAME: Final = "nsrun-init"
@@ -137,6 +137,35 @@ def _end_leftovers(sigs: set[int]) -> None:
         except ChildProcessError:
             return
         signals.sigtimedwait(sigs, remaining)
+
+
+_STDIO: Final = (0, 1, 2)
+_MAX_AHEAD_FDS: Final = 5  # stdin, stdout, stderr, the netns, the gate
+
+
+def run_init_ahead(sock: wire.Socket) -> NoReturn:
+    """The body of PID 1 forked before its plan is known (`nsrun.process.shim.InitAhead`): it waits
+    for {"plan", "netns": bool, "gate": bool} with its stdin, stdout, stderr, then the netns and
+    the gate (if so), and goes on as `run_init`. It dies with the shim meanwhile; no plan, no
+    command."""
+    from nsrun.process.plan import ProcessPlan
+
+    _watch_parent(sock)
+    try:
+        message, fds = wire.receive(sock, _MAX_AHEAD_FDS)
+        if message is None or len(fds) < len(_STDIO):
+            os._exit(EXIT_SETUP_FAILED)  # the shim went away before a plan came
+        plan = ProcessPlan.from_dict(message["plan"])
+    except (OSError, wire.WireError, ValueError, KeyError):
+        os._exit(EXIT_SETUP_FAILED)
+    for target, fd in zip(_STDIO, fds[: len(_STDIO)], strict=True):
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+    rest = fds[len(_STDIO) :]
+    netns = rest.pop(0) if message.get("netns") and rest else None
+    gate = rest.pop(0) if message.get("gate") and rest else None
+    run_init(plan, sock, netns, None, gate)
 
 
 def run_init(

@@ -24,7 +24,7 @@ import time
 
 from nsrun.process import libc, signals, terminal, wire
 from nsrun.process.child import EXIT_SETUP_FAILED
-from nsrun.process.init import NAMESPACE_KINDS, forwardable_signals, run_init
+from nsrun.process.init import NAMESPACE_KINDS, forwardable_signals, run_init, run_init_ahead
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from nsrun.process.plan import ProcessPlan
 
-__all__ = ["Outcome", "Shim", "ShimFds", "Started", "exit_status"]
+__all__ = ["InitAhead", "Outcome", "Shim", "ShimFds", "Started", "exit_status"]
 
 _CHUNK: Final = 65536
 _MAX_FD: Final = 1 << 20
@@ -106,8 +106,28 @@ class Outcome:
         return None
 
 
+class InitAhead:
+    """PID 1 of a sandbox's new PID namespace, forked before the sandbox's plan is known (the shim
+    of a pool's spare, waiting for its command): that fork, the costliest step of a start (the
+    child's first steps copy the interpreter's pages on write), is then off the launch's path.
+    It waits for `Shim(..., ahead=...).run()` to hand it the plan; it dies with the shim."""
+
+    def __init__(self) -> None:
+        # its end is read by run(), from a signalfd made only then: SIGCHLD waits blocked till then
+        self.previous = signals.pthread_sigmask(signals.SIG_BLOCK, {signals.SIGCHLD})
+        libc.unshare(libc.CLONE_NEWPID)  # the next child is PID 1 of a new namespace
+        ours, theirs = wire.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _close_all_but({theirs.fileno()})
+            run_init_ahead(theirs)
+        theirs.close()
+        self.sock, self.pid = ours, pid
+
+
 class Shim:
-    def __init__(  # one keyword per hook
+    def __init__(  # noqa: PLR0913  # one keyword per hook
         self,
         plan: ProcessPlan,
         fds: ShimFds | None = None,
@@ -120,6 +140,7 @@ class Shim:
         on_ready: Callable[[], None] | None = None,
         # signals the caller caught before this shim took over signals (they go to the command too)
         held: Callable[[], list[int]] | None = None,
+        ahead: InitAhead | None = None,  # its init, forked already: run() hands it the plan
     ) -> None:
         self.plan = plan
         self.fds = fds if fds is not None else ShimFds()
@@ -129,6 +150,7 @@ class Shim:
         self.ready_timeout = ready_timeout
         self.on_ready = on_ready
         self.held = held
+        self.ahead = ahead
         self.gated = self.fds.gate is not None
         # while gated (until `gate_opened()`), a signal goes to `on_gated_signal` first, which takes
         # it (True: it aborts the set-up still under way) or leaves it to the usual handling
@@ -156,9 +178,11 @@ class Shim:
         open (call `close()` once the teardown no longer needs them)."""
         sigs = forwardable_signals() - _NOT_FORWARDED
         previous = signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
+        if self.ahead is not None:
+            previous = self.ahead.previous
         signal_fd = libc.signalfd(sorted(sigs))
         try:
-            sock = self._fork_init()
+            sock = self._fork_init() if self.ahead is None else self._hand_plan_ahead(self.ahead)
             for signo in self.held() if self.held is not None else []:
                 self.forward(signo)  # the init holds them until the command runs
             try:
@@ -202,6 +226,16 @@ class Shim:
         theirs.close()
         self.init_pid = pid
         return ours
+
+    def _hand_plan_ahead(self, ahead: InitAhead) -> wire.Socket:
+        """The init forked ahead gets the plan, the stdio, the netns and the gate."""
+        if self.fds.join is not None or not self.plan.new_pid_namespace:
+            raise ValueError("an init forked ahead makes a sandbox of its own, it joins none")
+        extra = [fd for fd in (self.fds.netns, self.fds.gate) if fd is not None]
+        message = {"plan": self.plan.to_dict(), "netns": self.fds.netns is not None, "gate": self.gated}
+        wire.send(ahead.sock, message, [self.fds.stdin, self.fds.stdout, self.fds.stderr, *extra])
+        self.init_pid = ahead.pid
+        return ahead.sock
 
     def _child_stdio(self) -> None:
         for fd, target in ((self.fds.stdin, 0), (self.fds.stdout, 1), (self.fds.stderr, 2)):

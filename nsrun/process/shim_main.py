@@ -24,7 +24,7 @@ import sys
 
 from nsrun.process import signals, wire
 from nsrun.process.plan import ProcessPlan
-from nsrun.process.shim import Shim, ShimFds
+from nsrun.process.shim import InitAhead, Shim, ShimFds
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
@@ -33,10 +33,12 @@ if TYPE_CHECKING:
 
     from nsrun.process.shim import Outcome, Started
 
-__all__ = ["BOOT", "main"]
+__all__ = ["AHEAD", "BOOT", "main"]
 
 _MAX_FDS: Final = 64  # the log, the netns, the published ports' sockets
-# what the caller runs: `python -I -S -c BOOT <dir holding the nsrun package> <control fd>`
+# what the caller runs: `python -I -S -c BOOT <dir holding the nsrun package> <control fd> [AHEAD]`
+# (AHEAD: fork the sandbox's init before the plan comes; for a sandbox of its own, not a join)
+AHEAD: Final = "ahead"
 BOOT: Final = "import sys; sys.path.insert(0, sys.argv[1]); from nsrun.process.shim_main import main; main()"
 
 
@@ -81,6 +83,8 @@ def _take_output(log: int) -> None:
 
 def main() -> NoReturn:
     sock = wire.Socket(fileno=int(sys.argv[2]))
+    # a pool's spare: its init is forked now, while the shim waits for its command
+    ahead = InitAhead() if sys.argv[3:4] == [AHEAD] else None
     try:
         request, fds = wire.receive(sock, _MAX_FDS)
         if request is None:
@@ -106,7 +110,7 @@ def main() -> NoReturn:
         event = {"init_pid": info.init_pid, "command_pid": info.command_pid, "namespaces": info.namespace_fds}
         _send(sock, {"event": "started", **event})
 
-    shim = Shim(plan, shim_fds, on_started=started)
+    shim = Shim(plan, shim_fds, on_started=started, ahead=ahead if not join else None)
     outcome = shim.run()
     _send(sock, {"event": "ended", "status": outcome.status, "failure": outcome.failure, "code": outcome.failure_code})
     if join:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.privileged
 
 SPARE = "(pool spare)"
+SHIM = "nsrun.process.shim_main"  # in the command line of a shim, and of an init it forked ahead
 
 
 def _records(world: World) -> list[dict[str, object]]:
@@ -83,6 +84,7 @@ def test_pooled_sandboxes_run_with_their_own_options_reach_the_wan_and_leave_not
     assert set(commands) - {"sleep"} == {SPARE}
     assert lines[5] == "-15"
     assert lines[6] == "[]"  # close() took the spares down
+    assert not world.own_pids(SHIM)  # no spare's shim, nor its init forked ahead, is left
     handed_out = lines[7].split()  # their logs and exit statuses are kept, as any sandbox's
     world.wait_for(lambda: _without(world.snapshot(), handed_out) == before, what="the pool to leave nothing")
 
@@ -124,6 +126,8 @@ def test_killed_spares_are_passed_over_and_a_killed_program_leaks_nothing(world:
     world.wait_for(lambda: len(_records(world)) == 2, what="the pool to make spares again")
     program.send_signal(signal.SIGKILL)  # the program dies with its pool open: the spares' shims go with it
     program.wait()
+    # and the inits forked ahead with them
+    world.wait_for(lambda: not world.own_pids(SHIM), what="the spares' shims and inits to end")
     world.wait_for(lambda: _records(world) == [], what="the spares to be reclaimed")
     assert world.nsrun("--", "true").returncode == 0
     handed_out = [sandbox_id for _, sandbox_id in ended]
