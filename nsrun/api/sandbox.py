@@ -88,6 +88,16 @@ def _receive(sock: socket.socket, timeout: float | None = None) -> dict[str, Any
     return message
 
 
+def _returncode_of(ended: dict[str, Any] | None) -> tuple[int, str | None]:
+    """The return code (as subprocess's) and the failure of the shim's "ended" message; none came: killed."""
+    status = ended.get("status") if ended else None
+    if status is not None:
+        return (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)), None
+    if ended and ended.get("failure"):
+        return int(ended.get("code", 125)), str(ended["failure"])
+    return -signal.SIGKILL, None
+
+
 class _SpareLost(Exception):  # noqa: N818  # not an error of the caller's: the shim is gone
     """The shim ended before it took its plan: nothing of the command ran."""
 
@@ -296,20 +306,14 @@ class Sandbox:
             except NsrunError as err:
                 failures.append(str(err))
         self._control_done()
+        returncode, failure = _returncode_of(message)
+        if launch is not None:
+            self._note_end(launch.sandbox_id, returncode)  # while the shim exits
         if self._shim is not None:
             self._shim.wait()
         with self._lock:
-            status = message.get("status") if message else None
-            if status is not None:
-                self._returncode = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            elif message and message.get("failure"):
-                self._returncode = int(message.get("code", 125))
-                self._failure = str(message["failure"])
-            else:
-                self._returncode = -signal.SIGKILL
+            self._returncode, self._failure = returncode, failure
             self.warnings += failures
-            if launch is not None:
-                self._note_end(launch.sandbox_id, self._returncode)
             self._ended.notify_all()
 
     def _note_end(self, sandbox_id: str, returncode: int) -> None:
