@@ -10,7 +10,8 @@ The handle touches only its own sandbox's processes: its shim is a small subproc
 (nothing is done to the caller's children, signal handlers, environment, working directory or
 other threads' namespaces), each handle has its own lock, and it prints nothing: failures raise
 NsrunError subclasses, warnings are in `warnings`. The command's output goes to a log file
-(`logs()`, `wait_for_log()`), kept after the sandbox ends.
+(`logs()`, `wait_for_log()`), kept after the sandbox ends. With `pool=` (`nsrun.Pool`), it starts
+in a sandbox set up ahead.
 """
 
 from __future__ import annotations
