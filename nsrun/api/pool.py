@@ -91,7 +91,7 @@ class Pool:
         with self._cond:
             if self._filler is not None or self._closed:
                 raise NsrunError("opening a pool", "it was opened already", "use a new Pool")
-            first = Prepared.make(self._template, self.dirs)
+            first = Prepared.make(self._template, self.dirs, spare=True)
             self._spares.append(first)
             self._filler = threading.Thread(target=self._fill, name="nsrun-pool", daemon=True)
             self._filler.start()
@@ -117,7 +117,11 @@ class Pool:
         while True:
             with self._cond:
                 if self._closed or self._filler is None:
-                    raise NsrunError("starting a sandbox of a pool", "the pool is not open", "open() the pool first")
+                    raise NsrunError(
+                        "starting a sandbox of a pool",
+                        "the pool is not open (not yet, or closed already)",
+                        "start its sandboxes between its open() and its close(), e.g. inside `with Pool() as pool:`",
+                    )
                 if not self._spares:
                     return None
                 spare = self._spares.pop(0)
@@ -150,7 +154,7 @@ class Pool:
 
         while self._await_refill():
             try:
-                spare = Prepared.make(self._template, self.dirs)
+                spare = Prepared.make(self._template, self.dirs, spare=True)
             except Exception as err:  # noqa: BLE001  # the next launch sets up its own, and raises it
                 with self._cond:
                     self.failure = str(err)

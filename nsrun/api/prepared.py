@@ -44,31 +44,46 @@ class Prepared:
     shim: subprocess.Popen[bytes]
     control: socket.socket  # our end; closing it before the plan is sent ends the shim
     log: Path  # the shim's stdout and stderr: the command's output, once it runs
+    spare: bool = False  # no log yet (see make)
 
     @classmethod
-    def make(cls, request: SandboxRequest, dirs: StateDirs) -> Prepared:
-        """Set it up; raises NsrunError (no free address, no such network, ...) and leaves nothing then."""
+    def make(cls, request: SandboxRequest, dirs: StateDirs, *, spare: bool = False) -> Prepared:
+        """Set it up; raises NsrunError (no free address, no such network, ...) and leaves nothing
+        then. A `spare` (a pool's) has no log until it is handed out: if its program dies first,
+        no log file is left; the shim's own output goes nowhere meanwhile. Otherwise the shim
+        writes to the log from its start (what a broken interpreter says is there)."""
         from nsrun.launch.sandbox import Holder
         from nsrun.launch.sandbox import Sandbox as Launch
         from nsrun.state.logbook import LogBook
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         launch = Launch(request, dirs=dirs, holder=Holder(0, 0.0, 0))
+        logbook = LogBook(dirs)
+        try:
+            output = subprocess.DEVNULL if spare else logbook.open_log(launch.sandbox_id)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
         try:
             shim = subprocess.Popen(  # nsrun's own shim, argv as a list
                 shim_command(theirs.fileno(), ahead=True),  # its init is forked while the sandbox is set up
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,  # the sandbox's log, once it is handed its plan
-                stderr=subprocess.DEVNULL,
+                stdout=output,  # the sandbox's log in any case, once it is handed its plan
+                stderr=output,
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,  # a Ctrl-C meant for the caller reaches the command only by stop()
             )
         except BaseException:
             ours.close()
+            with contextlib.suppress(NsrunError):
+                logbook.remove(launch.sandbox_id)
             raise
         finally:
             theirs.close()
-        prepared = cls(launch, shim, ours, LogBook(dirs).log_path(launch.sandbox_id))
+            if output != subprocess.DEVNULL:
+                os.close(output)
+        prepared = cls(launch, shim, ours, logbook.log_path(launch.sandbox_id), spare)
         try:
             launch.holder = Holder.of(shim.pid)  # the shim holds the lease and the record
             launch.setup()  # a failure rolls back what it did
@@ -87,7 +102,7 @@ class Prepared:
         from nsrun.process import wire
         from nsrun.state.logbook import LogBook
 
-        log = LogBook(self.launch.dirs).open_log(self.launch.sandbox_id)
+        log = LogBook(self.launch.dirs).open_log(self.launch.sandbox_id, fresh=self.spare)
         try:
             wire.send(self.control, {**message, "log": True, "ack": True}, [log, *self.launch.handoff_fds()])
         finally:
@@ -97,10 +112,14 @@ class Prepared:
     def discard(self, *, set_up: bool = True) -> list[str]:
         """Undo it before its command has run: the shim goes, then the host side. What could
         not be undone."""
+        from nsrun.state.logbook import LogBook
+
         self.control.close()
         with contextlib.suppress(ProcessLookupError):
             self.shim.kill()
         self.shim.wait()
+        with contextlib.suppress(NsrunError):
+            LogBook(self.launch.dirs).remove(self.launch.sandbox_id)  # it never ran: no log is kept
         if not set_up:
             return []
         try:

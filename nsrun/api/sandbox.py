@@ -22,6 +22,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import IO, TYPE_CHECKING, Any, Final, Self
@@ -107,7 +108,7 @@ def _check_pooled(*, net: str, network: str | None, own: tuple[Any, ...]) -> Non
     """A pooled sandbox's network was made ahead, as its pool says: it cannot ask for its own."""
     if net != "bridge" or network is not None or any(own):
         raise UsageError(
-            "a sandbox with pool=",
+            "options of a sandbox with pool=",
             "its network was made ahead by the pool: net, network, name, hostname, ip, mac, publish, dns"
             " and dirs are the pool's",
             "give net, network and dns to Pool(...); for a name, an address or a published port, leave pool out",
@@ -182,6 +183,7 @@ class Sandbox:
         self._returncode: int | None = None
         self._failure: str | None = None
         self._log: Path | None = None
+        self._last_words = ""  # the log's end, of a start that failed
         self._started: dict[str, Any] = {}
         self.stopped = False  # stop() or kill() was asked for: an end that is no surprise
         self.warnings: list[str] = []
@@ -238,6 +240,7 @@ class Sandbox:
             self._await_start(launch)
         except BaseException:
             self._abort()
+            self._last_words = self.logs()[-_LOG_TAIL:]  # what a shim that died said: for the error
             with contextlib.suppress(NsrunError):
                 logbook.remove(launch.sandbox_id)  # a start that failed leaves nothing; the error says why
             raise
@@ -245,8 +248,11 @@ class Sandbox:
         self._watcher.start()
 
     def _shim_lost(self) -> NsrunError:
+        said = f"; it said: {self._last_words.strip()!r}" if self._last_words.strip() else ""
         return NsrunError(
-            f"starting sandbox {self.name!r}", "its shim ended before the command started", f"see its log {self._log}"
+            f"starting sandbox {self.name!r}",
+            f"its shim ({sys.executable} -I -S) ended before the command started{said}",
+            "`nsrun doctor` checks the installation",
         )
 
     def _await_start(self, launch: Launch) -> None:

@@ -54,10 +54,10 @@ class LogBook:
             raise ValueError(f"not a sandbox id: {sandbox_id!r}")
         return self.exits / f"{sandbox_id}.json"
 
-    def open_log(self, sandbox_id: str) -> int:
-        """A new, empty log for the sandbox: an fd to write it."""
+    def open_log(self, sandbox_id: str, *, fresh: bool = True) -> int:
+        """An fd to write the sandbox's log: a new, empty one (`fresh`), or the end of the one begun."""
         self._dirs.ensure(self.directory)
-        return files.open_private(self.log_path(sandbox_id), os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
+        return files.open_private(self.log_path(sandbox_id), os.O_WRONLY | os.O_APPEND | (os.O_TRUNC if fresh else 0))
 
     def record(self, entry: LogEntry) -> None:
         """Note the sandbox's start, replacing what is kept of the last one of its name."""

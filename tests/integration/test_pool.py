@@ -140,3 +140,26 @@ def test_a_pool_that_cannot_make_sandboxes_says_why_and_leaves_nothing(world: Wo
     assert result.returncode != 0
     assert "nosuch" in result.stderr.splitlines()[-1]
     assert world.snapshot() == before
+
+
+BROKEN_SHIM = """
+import sys
+from nsrun import NsrunError, Sandbox
+from nsrun.api import prepared
+# a shim that cannot start (a broken installation): it says so and ends before taking its plan
+prepared.shim_command = lambda control, ahead=False: [sys.executable, "-c", "raise SystemExit('broken nsrun')"]
+try:
+    Sandbox(["true"]).start()
+except NsrunError as err:
+    print(err)
+"""
+
+
+def test_a_shim_that_ends_before_its_plan_says_why_and_leaves_nothing(world: World) -> None:
+    assert world.nsrun("--", "true").returncode == 0
+    before = world.snapshot()
+    result = world.run(sys.executable, "-c", BROKEN_SHIM, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ended before the command started" in result.stdout
+    assert "broken nsrun" in result.stdout  # what it said, though its log is gone with the failed start
+    assert world.snapshot() == before
