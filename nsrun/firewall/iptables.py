@@ -11,11 +11,8 @@ stale and a second commit on it fails with EAGAIN).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import sysconfig
-import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -115,50 +112,20 @@ def _load_iptc() -> ModuleType:
     return module
 
 
-_SAVE_LOCK: Final = threading.Lock()
-
-
 def _saved_buf(module: Any, ip: Any) -> bytes | None:
     """What libxtables' save() of a match or target prints: its parameters (a rule's comment is
     read so). python-iptables gets it by pointing file descriptor 1 at a pipe meanwhile: for the
     whole process, so a caller's thread printing then writes into the pipe or fails with EPIPE
-    (seen in a program whose Pool made sandboxes in the background). Here the C library's
-    `stdout` stream is swapped for a memory stream instead: descriptor 1 is never touched, and
-    Python's own output does not go through that stream."""
+    (seen in a program whose Pool made sandboxes in the background). Captured from the C
+    library's `stdout` stream instead: descriptor 1 is never touched."""
+    from nsrun.process import libc
+
     if not module._module or not module._module.save:  # noqa: SLF001  # python-iptables' own fields
         return None
-    libc = _libc()
-    stdout = ctypes.c_void_p.in_dll(libc, "stdout")
-    buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
-    stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
-    if not stream:
-        raise NsrunError("reading an iptables rule", "no memory for its text", "retry")
     try:
-        with _SAVE_LOCK:
-            previous = stdout.value
-            stdout.value = stream
-            try:
-                module._xt.save(module._module, ip, module._ptr)  # noqa: SLF001
-            finally:
-                libc.fflush(stream)
-                stdout.value = previous
-    finally:
-        libc.fclose(stream)  # sets buffer and size for the last time
-    try:
-        return ctypes.string_at(buffer.value, size.value) if buffer.value else b""
-    finally:
-        libc.free(buffer)
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.open_memstream.restype = ctypes.c_void_p
-    libc.open_memstream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    libc.fflush.argtypes = [ctypes.c_void_p]
-    libc.fclose.argtypes = [ctypes.c_void_p]
-    libc.free.argtypes = [ctypes.c_void_p]
-    return libc
+        return libc.capture_c_stdout(lambda: module._xt.save(module._module, ip, module._ptr))  # noqa: SLF001
+    except OSError as err:
+        raise NsrunError("reading an iptables rule", str(err), "retry") from err
 
 
 def _v4(rules: tuple[Rule, ...]) -> tuple[Rule, ...]:

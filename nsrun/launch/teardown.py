@@ -89,19 +89,21 @@ def _remove_rules(dirs: StateDirs, record: SandboxRecord) -> None:
 
 def _remove_veth(sandbox_id: str, wait: float) -> None:
     """The veth pair is deleted, and waited for until the host no longer lists it (0.3-1 ms; the
-    kernel's request goes on in a thread of its own: see linkwatch). Waiting for it to go with
-    the namespace took 1-60 ms, behind the clean-up of namespaces that ended just before. If it
-    is still there then, delete it outright: neither end may outlive the sandbox, with or without
-    its filter."""
+    kernel's request goes on in a thread of its own: see `netlink.delete_link_soon`). Left to go
+    with the namespace, it took 1-60 ms: the kernel cleans namespaces up in one queue, behind
+    those that ended just before. If it is still there then, delete it outright: neither end may
+    outlive the sandbox, with or without its filter. (pyroute2 is loaded only if it is there.)"""
     from nsrun.net import linkwatch
 
     name = f"nsv{sandbox_id}"
-    if wait > 0:
-        linkwatch.remove_soon(name)
-    if linkwatch.wait_gone(name, wait):
+    if not linkwatch.exists(name):
         return
-    from nsrun.net import netlink  # pyroute2: only when something kept the namespace
+    from nsrun.net import netlink
 
+    if wait > 0:
+        netlink.delete_link_soon(name)
+        if linkwatch.wait_gone(name, wait):
+            return
     with contextlib.closing(netlink.Rtnl()) as ipr:
         netlink.delete_link(ipr, name)
 

@@ -549,6 +549,20 @@ def delete_link(rtnl: Rtnl, name: str) -> None:
             raise _fail(f"deleting interface {name!r}", err) from err
 
 
+def delete_link_soon(name: str) -> None:
+    """Ask for a link's deletion from a thread of its own, and return at once. The kernel unlists
+    the link at once, but its answer comes only after an rcu_barrier, which waits for every
+    pending RCU callback of the machine (20-50 ms when namespaces end nearby): the caller waits
+    for the link to be gone instead (`linkwatch.wait_gone`). A failure is the caller's to find
+    there: the link is still listed."""
+
+    def delete() -> None:
+        with contextlib.suppress(NsrunError, OSError), contextlib.closing(Rtnl()) as rtnl:
+            delete_link(rtnl, name)
+
+    threading.Thread(target=delete, name="nsrun-link-removal", daemon=True).start()
+
+
 def default_route_mtu(rtnl: Rtnl) -> int | None:
     """MTU of the interface the host's preferred IPv4 default route leaves by, if there is one."""
     from nsrun.net.routes import default_interface, main_routes

@@ -1,16 +1,19 @@
 """Thin ctypes bindings to the system calls Python 3.11 does not expose: unshare, setns, mount,
-prctl, capget/capset, signalfd, close_range, mount_setattr. Each raises OSError with errno on
-failure; nothing here decides anything. Stdlib only: the sandbox's processes import it.
+prctl, capget/capset, signalfd, close_range, mount_setattr; and what C code prints, captured
+without touching descriptor 1. Each raises OSError with errno on failure; nothing here decides
+anything. Stdlib only: the sandbox's processes import it.
 """
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import os
 import struct
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Final
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "MS_SLAVE",
     "capget",
     "capset",
+    "capture_c_stdout",
     "close_range_cloexec",
     "mount",
     "mount_setattr_readonly",
@@ -232,3 +236,38 @@ def mount_setattr_readonly(path: str, *, readonly: bool = True) -> None:
         _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
     )
     _check(result, f"mount_setattr {path}")
+
+
+_C_STDOUT_LOCK = _thread.allocate_lock()  # `stdout` is one stream for the whole process
+
+
+def capture_c_stdout(call: Callable[[], object]) -> bytes:
+    """What `call` (C code, through ctypes) prints to the C library's `stdout` stream. The stream
+    is swapped for a memory stream meanwhile, under a lock; descriptor 1 is never touched, and
+    Python's own output (which does not go through that stream) is not captured."""
+    libc = _libc()
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    for name in ("fflush", "fclose", "free"):
+        getattr(libc, name).argtypes = [ctypes.c_void_p]
+    stdout = ctypes.c_void_p.in_dll(libc, "stdout")
+    buffer, size = ctypes.c_void_p(), ctypes.c_size_t()
+    stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
+    if not stream:
+        code = ctypes.get_errno()
+        raise OSError(code, f"open_memstream: {os.strerror(code)}")
+    try:
+        with _C_STDOUT_LOCK:
+            previous = stdout.value
+            stdout.value = stream
+            try:
+                call()
+            finally:
+                libc.fflush(stream)
+                stdout.value = previous
+    finally:
+        libc.fclose(stream)  # sets buffer and size for the last time
+    try:
+        return ctypes.string_at(buffer.value, size.value) if buffer.value else b""
+    finally:
+        libc.free(buffer)

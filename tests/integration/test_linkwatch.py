@@ -14,7 +14,8 @@ pytestmark = pytest.mark.privileged
 
 WAIT = """
 import subprocess, threading
-from nsrun.net.linkwatch import remove_soon, wait_gone
+from nsrun.net.linkwatch import wait_gone
+from nsrun.net.netlink import delete_link_soon
 
 def ip(*args):
     subprocess.run(["ip", *args], check=True)
@@ -33,9 +34,9 @@ print("namespace", wait_gone("lwc0", 30))
 # asked to go: gone long before the kernel's request returns (an rcu_barrier), with its peer
 ip("netns", "add", "lw2")
 ip("link", "add", "lwd0", "type", "veth", "peer", "name", "eth0", "netns", "lw2")
-remove_soon("lwd0")
+delete_link_soon("lwd0")
 print("removed", wait_gone("lwd0", 30), subprocess.run(["ip", "-n", "lw2", "link", "show", "eth0"]).returncode != 0)
-remove_soon("nothere0")  # nothing to remove: nothing happens
+delete_link_soon("nothere0")  # nothing to remove: nothing happens
 ip("netns", "del", "lw2")
 """
 
