@@ -117,11 +117,22 @@ class World:
             "addrs": self.run("ip", "-4", "-o", "addr").stdout,
             "legacy": _strip_comments(self.run("iptables-legacy-save").stdout),
             "nft": self.run("nft", "list", "ruleset").stdout,
-            # files, not directories: empty state directories are scaffolding, not leftovers
+            # files, not directories: empty state directories are scaffolding, not leftovers; so
+            # are the locks and the logbook's stamp of its last sweep
             "files": "".join(
                 sorted(
                     self.run(
-                        "find", "/run/nsrun", "/var/lib/nsrun", "-type", "f", "-not", "-name", "*.lock"
+                        "find",
+                        "/run/nsrun",
+                        "/var/lib/nsrun",
+                        "-type",
+                        "f",
+                        "-not",
+                        "-name",
+                        "*.lock",
+                        "-not",
+                        "-name",
+                        ".swept",
                     ).stdout.splitlines(keepends=True)
                 )
             ),

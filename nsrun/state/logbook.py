@@ -4,7 +4,11 @@ the library starts).
 A sandbox someone may ask about later (a named one, a logged one) gets an entry once it is set up,
 /run/nsrun/exits/<id>.json: its name, command and, once it ended, its status; a logged one also
 /var/lib/nsrun/logs/<id>.log (on disk: logs can be large). Both are kept after the end, so
-`nsrun logs` and `nsrun wait` still answer, for a day or until a sandbox of the same name starts."""
+`nsrun logs` and `nsrun wait` still answer, for a day or until a sandbox of the same name starts.
+
+A start costs the same however many entries are kept: the last sandbox of a name is found through
+/run/nsrun/exits/names/<name> (its id), and the entries older than a day are looked for at most
+every SWEEP_INTERVAL seconds (/run/nsrun/exits/.swept says when they last were)."""
 
 from __future__ import annotations
 
@@ -22,9 +26,12 @@ if TYPE_CHECKING:
 
     from nsrun.state.paths import StateDirs
 
-__all__ = ["KEEP_SECONDS", "LogBook", "LogEntry"]
+__all__ = ["KEEP_SECONDS", "SWEEP_INTERVAL", "LogBook", "LogEntry"]
 
 KEEP_SECONDS: Final = 24 * 3600
+SWEEP_INTERVAL: Final = 600  # seconds; a sweep reads every entry kept
+_NAMES: Final = "names"
+_SWEPT: Final = ".swept"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,12 @@ class LogBook:
             raise ValueError(f"not a sandbox id: {sandbox_id!r}")
         return self.exits / f"{sandbox_id}.json"
 
+    def _name_path(self, name: str) -> Path:
+        """Where the id of the last sandbox of that name is kept."""
+        if not NAME_RE.fullmatch(name):
+            raise ValueError(f"not a sandbox name: {name!r}")
+        return self.exits / _NAMES / name
+
     def open_log(self, sandbox_id: str, *, fresh: bool = True) -> int:
         """An fd to write the sandbox's log: a new, empty one (`fresh`), or the end of the one begun."""
         self._dirs.ensure(self.directory)
@@ -62,8 +75,13 @@ class LogBook:
     def record(self, entry: LogEntry) -> None:
         """Note the sandbox's start, replacing what is kept of the last one of its name."""
         self._dirs.ensure(self.exits)
-        self.sweep(replacing=entry.name)
+        if entry.name != entry.sandbox_id:  # a name of its own, which a later sandbox may take
+            self._dirs.ensure(self.exits / _NAMES)
+            self._forget_last_of(entry.name)
         files.write_file(self._entry_path(entry.sandbox_id), json.dumps(asdict(entry)))
+        if entry.name != entry.sandbox_id:
+            files.write_file(self._name_path(entry.name), entry.sandbox_id)
+        self._sweep_now_and_then()
 
     def ended(self, sandbox_id: str, status: int) -> None:
         entry = self.get(sandbox_id)
@@ -113,11 +131,43 @@ class LogBook:
         files.remove_file(self.log_path(sandbox_id))
         files.remove_file(self._entry_path(sandbox_id))
 
-    def sweep(self, replacing: str | None = None) -> None:
-        """Forget ended sandboxes older than a day, and the last one of a name now reused."""
+    def sweep(self) -> None:
+        """Forget the sandboxes that ended more than a day ago."""
         now = time.time()
         for entry in self.entries():
-            if entry.ended is None:
-                continue
-            if entry.name == replacing or now - entry.ended > KEEP_SECONDS:
+            if entry.ended is not None and now - entry.ended > KEEP_SECONDS:
                 self.remove(entry.sandbox_id)
+                self._forget_name(entry)
+
+    def _forget_last_of(self, name: str) -> None:
+        """The last sandbox of that name, if it has ended: a new one takes the name."""
+        path = self._name_path(name)
+        try:
+            text = files.read_file(path)
+        except files.StateError:
+            text = None
+        last = text.strip() if text else ""
+        if not ID_RE.fullmatch(last):
+            return
+        entry = self.get(last)
+        if entry is not None and entry.name == name and entry.ended is not None:
+            self.remove(last)
+
+    def _forget_name(self, entry: LogEntry) -> None:
+        path = self._name_path(entry.name)
+        try:
+            text = files.read_file(path)
+        except files.StateError:
+            return
+        if text is not None and text.strip() == entry.sandbox_id:
+            files.remove_file(path)
+
+    def _sweep_now_and_then(self) -> None:
+        stamp = self.exits / _SWEPT
+        try:
+            if time.time() - os.stat(stamp, follow_symlinks=False).st_mtime < SWEEP_INTERVAL:
+                return
+        except FileNotFoundError:
+            pass
+        files.write_file(stamp, "")  # first: a concurrent start need not sweep too
+        self.sweep()
