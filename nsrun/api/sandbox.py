@@ -228,15 +228,20 @@ class Sandbox:
         self._launch, self._shim, self._control, self._log = launch, prepared.shim, prepared.control, prepared.log
         logbook = LogBook(self._dirs)
         try:
-            if launch.request is not self._request:
+            assigned = launch.request is not self._request
+            if assigned:
                 launch.assign(self._request)  # a pool's: made ahead, it gets its command now
-            logbook.record(LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True))
             self.warnings = list(launch.warnings)
             plan = launch.plan.to_dict() if launch.plan is not None else {}
             try:
                 prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
             except OSError:
                 raise _SpareLost from None
+            # the books are written while the shim starts the command; if they cannot be, the
+            # sandbox is ended and the start fails, as if it had failed before
+            if assigned:
+                launch.save_record()
+            logbook.record(LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True))
             self._await_start(launch)
         except BaseException:
             self._abort()

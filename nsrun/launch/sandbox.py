@@ -265,7 +265,8 @@ class Sandbox:
 
     def assign(self, request: SandboxRequest) -> None:
         """Give a sandbox set up ahead (a pool's spare, its shim not started yet) the command and
-        process options of `request`: its plan and its record follow them. Its network was made
+        process options of `request`: its plan and its record follow them (`save_record` writes
+        the record, which until then still says "(pool spare)"). Its network was made
         for the request it was set up with, so `request` must ask for nothing of the network's
         (UsageError): no other network, name, hostname, address, MAC, published port or DNS."""
         if self.record is None or self.plan is None:
@@ -283,6 +284,11 @@ class Sandbox:
         self.request = request
         self.plan = plan_process(request, self.hostname, self.etc_binds)
         self.record = replace(_with_process(self.record, request), command=request.argv, created=time.time())
+
+    def save_record(self) -> None:
+        """Write the record as it stands (after `assign`: while the shim starts the command)."""
+        if self.record is None:
+            raise RuntimeError("save_record() before setup()")
         self._registry().update(self.record)
 
     def teardown(self, release: Callable[[], None] | None = None) -> None:
