@@ -6,7 +6,8 @@ discovery); it may not act as a router or DHCP server (router advertisements, re
 replies) nor claim another's IPv6 address in a neighbour advertisement; tagged frames and other
 protocols are dropped. So a sandbox given NET_RAW or NET_ADMIN still cannot take over a
 neighbour's address, pose as the gateway, or forge its source. (CNI's bridge and netavark do no
-such filtering; Docker does not either.)
+such filtering; Docker does not either.) TCP from its own MAC and addresses, most of what it
+sends, is accepted by the first rules: the verdict the others would give, in one rule a frame.
 
 Layout: one chain `sb-ID` of rules per sandbox, entered through a verdict map keyed by the
 sandbox's bridge port (`ports`: "nsvID" : jump sb-ID) from one base chain (`dispatch`). Adding or
@@ -76,7 +77,12 @@ class PortGuard:
         own6 = [link_local_for(self.mac), *([self.address6] if self.address6 else [])]
         sources6 = ", ".join(["::", *(str(a) for a in own6)])
         targets6 = ", ".join(_raw(a) for a in own6)
+        own = ", ".join(str(a) for a in own6)
         return [
+            # TCP with its own MAC and address, what most frames are, is let through at once: no
+            # rule below drops such a frame, and each rule costs every frame it is evaluated for
+            f"ether saddr {self.mac} ether type ip ip saddr {self.address} ip protocol tcp accept",
+            f"ether saddr {self.mac} ether type ip6 ip6 saddr {{ {own} }} ip6 nexthdr tcp accept",
             f"ether saddr != {self.mac} drop",
             "ether type != { ip, ip6, arp } drop",  # VLAN tags could smuggle what follows past it
             f"ether type arp arp saddr ether != {self.mac} drop",

@@ -358,6 +358,62 @@ def test_forged_sources_never_leave_the_bridge(world: World) -> None:
     assert UPLINK_ADDRESS in seen  # the honest packet came through, masqueraded
 
 
+FORGE_FRAMES = """
+import socket, struct, sys
+def checksum(data):
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    total = (total >> 16) + (total & 0xFFFF); total += total >> 16
+    return ~total & 0xFFFF
+gateway_mac, gateway, neighbour = bytes.fromhex(sys.argv[1].replace(":", "")), sys.argv[2], sys.argv[3]
+own_mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); probe.connect((gateway, 9))
+own = probe.getsockname()[0]
+def frame(mac, source, sport):
+    tcp = struct.pack("!HHIIBBHHH", sport, 7777, 1, 0, 5 << 4, 0x02, 1024, 0, 0)  # a SYN
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, socket.inet_aton(source), socket.inet_aton(gateway))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return gateway_mac + mac + b"\\x08\\x00" + ip + tcp
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(("eth0", 0))
+for _ in range(3):
+    s.send(frame(own_mac, neighbour, 4001))  # a neighbour's address
+    s.send(frame(b"\\x02\\xaa\\xbb\\xcc\\xdd\\xee", own, 4002))  # another MAC
+    s.send(frame(own_mac, own, 4003))  # its own: let through
+print(own)
+"""
+TCP_LOG = """
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP); s.settimeout(3)
+print("listening", flush=True)
+try:
+    while True:
+        data, (source, _) = s.recvfrom(100)
+        sport, dport = struct.unpack("!HH", data[20:24])
+        if dport == 7777:
+            print(source, sport, flush=True)
+except OSError:
+    print("done", flush=True)
+"""
+
+
+def test_forged_tcp_frames_never_reach_the_host(world: World) -> None:
+    # TCP is let through early (its own MAC and address): a neighbour's address or another MAC is not
+    assert world.nsrun("--", "true").returncode == 0
+    bridge = json.loads(world.nsrun("network", "inspect", "nsrun").stdout)["bridge"]
+    gateway = world.run("ip", "-4", "-o", "addr", "show", "dev", bridge).stdout.split()[3].split("/")[0]
+    neighbour = gateway.rsplit(".", 1)[0] + ".250"
+    link = world.run("ip", "-o", "link", "show", "dev", bridge).stdout.split()
+    mac = link[link.index("link/ether") + 1]
+    log = world.popen(sys.executable, "-c", TCP_LOG)
+    assert log.stdout is not None
+    assert log.stdout.readline().strip() == "listening"
+    sent = world.nsrun("--cap-add", "NET_RAW", "--", sys.executable, "-c", FORGE_FRAMES, mac, gateway, neighbour)
+    assert sent.returncode == 0, sent.stderr
+    own = sent.stdout.strip()
+    out, _ = log.communicate(timeout=10)
+    seen = {tuple(line.split()) for line in out.splitlines() if line != "done"}
+    assert seen == {(own, "4003")}
+
+
 ROUTER_ADVERTISEMENT = """
 import socket, struct
 s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)

@@ -93,3 +93,18 @@ def test_every_rule_carries_the_network_tag() -> None:
     rules = network_rules("lab", "nsbr-lab", NET)
     assert {r.comment for r in rules.inbound + rules.outbound + rules.nat} == {"nsrun:lab"}
     assert network_rules("lab", "nsbr-lab", NET) == rules  # pure: same input, same rules
+
+
+def test_a_port_guard_accepts_early_only_its_own_mac_and_addresses() -> None:
+    from nsrun.firewall.portguard import PortGuard, link_local_for
+
+    mac = "02:11:22:33:44:55"
+    guard = PortGuard("0123456789ab", "nsv0123456789ab", mac, ipaddress.IPv4Address("10.123.0.7"))
+    rules = guard.rules()
+    accepts = [rule for rule in rules if rule.endswith(" accept")]
+    assert accepts == rules[: len(accepts)]  # the shortcut comes before the drops it skips
+    assert len(accepts) == 2  # IPv4 and IPv6 TCP
+    assert all(f"ether saddr {mac} " in rule and "tcp accept" in rule for rule in accepts)
+    assert "ip saddr 10.123.0.7 " in accepts[0]
+    assert f"ip6 saddr {{ {link_local_for(mac)} }} " in accepts[1]  # not "::": no TCP comes from it
+    assert all(rule.endswith(" drop") for rule in rules[len(accepts) :])
