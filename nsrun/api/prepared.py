@@ -90,7 +90,20 @@ class Prepared:
         except BaseException:
             prepared.discard(set_up=False)
             raise
+        prepared.send_view()
         return prepared
+
+    def send_view(self) -> None:
+        """The sandbox's view (its mounts and hostname, those of the plan it was set up with) is
+        built by its init while it waits for a command: a plan that asks for more (volumes) adds
+        to it; one that asks for other mounts (--read-only, --privileged) has it built anew."""
+        from nsrun.process import wire
+
+        plan, netns = self.launch.plan, self.launch.netns_fd
+        if plan is None or netns is None:
+            return
+        with contextlib.suppress(OSError):  # a shim gone: the hand-over finds out
+            wire.send(self.control, {"view": plan.to_dict()}, [netns])
 
     @property
     def alive(self) -> bool:

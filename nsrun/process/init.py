@@ -20,6 +20,7 @@ import time
 from nsrun.process import libc, signals, wire
 from nsrun.process.child import EXIT_SETUP_FAILED, exec_command
 from nsrun.process.mounts import apply_mounts
+from nsrun.process.plan import MountKind
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
@@ -27,7 +28,14 @@ if TYPE_CHECKING:
 
     from nsrun.process.plan import ProcessPlan
 
-__all__ = ["LEFTOVER_GRACE_SECONDS", "NAMESPACE_KINDS", "forwardable_signals", "run_init", "run_init_ahead"]
+__all__ = [
+    "LEFTOVER_GRACE_SECONDS",
+    "NAMESPACE_KINDS",
+    "ViewAhead",
+    "forwardable_signals",
+    "run_init",
+    "run_init_ahead",
+]
 
 LEFTOVER_GRACE_SECONDS: Final = 1.0
 _NAME: Final = "nsrun-init"
@@ -75,6 +83,43 @@ def _build_view(plan: ProcessPlan, netns_fd: int | None, join: dict[str, int] | 
     apply_mounts(plan.mounts)
     if plan.hostname:
         libc.sethostname(plan.hostname)
+
+
+class ViewAhead:
+    """A sandbox's view built before its command's plan came (a pool's spare, waiting): the mounts
+    and hostname of the plan it was set up with. The plan that comes is carried out on top of it
+    when it only adds tmpfs mounts to those; otherwise (volumes, whose sources must be opened as
+    the host sees them; --read-only, --privileged) the view is built anew from the host's, as
+    without one made ahead."""
+
+    def __init__(self, view: ProcessPlan, netns_fd: int) -> None:
+        self.view = view
+        self.failure: Exception | None = None
+        self.host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _build_view(view, netns_fd, None)
+        except Exception as err:  # noqa: BLE001  # reported once the plan comes: nobody reads it before
+            self.failure = err
+
+    def complete(self, plan: ProcessPlan) -> None:
+        """The view `plan` asks for, from the one made ahead."""
+        try:
+            if self.failure is not None:
+                raise self.failure
+            made = len(self.view.mounts)
+            rest = plan.mounts[made:]
+            if (
+                plan.mounts[:made] == self.view.mounts
+                and plan.hostname == self.view.hostname
+                and all(mount.kind == MountKind.TMPFS for mount in rest)
+            ):
+                if rest:
+                    apply_mounts(rest)
+                return
+            libc.setns(self.host_mnt, libc.CLONE_NEWNS)  # the host's view again; the network stays
+            _build_view(plan, None, None)
+        finally:
+            os.close(self.host_mnt)
 
 
 def _namespace_fds() -> list[int]:
@@ -144,15 +189,21 @@ _MAX_AHEAD_FDS: Final = 5  # stdin, stdout, stderr, the netns, the gate
 
 
 def run_init_ahead(sock: wire.Socket) -> NoReturn:
-    """The body of PID 1 forked before its plan is known (`nsrun.process.shim.InitAhead`): it waits
-    for {"plan", "netns": bool, "gate": bool} with its stdin, stdout, stderr, then the netns and
-    the gate (if so), and goes on as `run_init`. It dies with the shim meanwhile; no plan, no
-    command."""
+    """The body of PID 1 forked before its plan is known (`nsrun.process.shim.InitAhead`). It may
+    first get {"view": plan} with the sandbox's netns: the view of the plan the sandbox was set up
+    with, built at once (`ViewAhead`). Then it waits for {"plan", "netns": bool, "gate": bool}
+    with its stdin, stdout, stderr, then the netns and the gate (if so), and goes on as
+    `run_init`. It dies with the shim meanwhile; no plan, no command."""
     from nsrun.process.plan import ProcessPlan
 
     _watch_parent(sock)
+    ahead: ViewAhead | None = None
     try:
         message, fds = wire.receive(sock, _MAX_AHEAD_FDS)
+        if message is not None and "view" in message and fds:
+            ahead = ViewAhead(ProcessPlan.from_dict(message["view"]), fds[0])
+            wire.close_fds(fds)
+            message, fds = wire.receive(sock, _MAX_AHEAD_FDS)
         if message is None or len(fds) < len(_STDIO):
             os._exit(EXIT_SETUP_FAILED)  # the shim went away before a plan came
         plan = ProcessPlan.from_dict(message["plan"])
@@ -165,7 +216,10 @@ def run_init_ahead(sock: wire.Socket) -> NoReturn:
     rest = fds[len(_STDIO) :]
     netns = rest.pop(0) if message.get("netns") and rest else None
     gate = rest.pop(0) if message.get("gate") and rest else None
-    run_init(plan, sock, netns, None, gate)
+    if ahead is not None and netns is not None:
+        os.close(netns)  # joined already
+        netns = None
+    run_init(plan, sock, netns, None, gate, ahead)
 
 
 def run_init(
@@ -174,11 +228,13 @@ def run_init(
     netns_fd: int | None,
     join: dict[str, int] | None = None,
     gate_fd: int | None = None,
+    ahead: ViewAhead | None = None,
 ) -> NoReturn:
     """The body of PID 1 (or, with `join`, of the parent of a command exec'd into a running
     sandbox, inside its PID namespace); exits, never returns. `gate_fd`: the sandbox's network is
     still being set up (an early hand-over); its view is built and its command made ready
-    meanwhile, and the command execs once whoever sets it up writes to the gate."""
+    meanwhile, and the command execs once whoever sets it up writes to the gate. `ahead`: its view,
+    made before the plan came (see run_init_ahead)."""
     sigs = forwardable_signals()
     try:
         signals.pthread_sigmask(signals.SIG_BLOCK, sigs)
@@ -186,7 +242,10 @@ def run_init(
         os.setsid()  # the caller's terminal signals the shim, which forwards them: never twice
         libc.prctl(libc.PR_SET_DUMPABLE, 0)  # the command may not read or trace its init
         libc.prctl(libc.PR_SET_NAME, _NAME)
-        _build_view(plan, netns_fd, join)
+        if ahead is not None:
+            ahead.complete(plan)
+        else:
+            _build_view(plan, netns_fd, join)
         for fd in ([netns_fd] if netns_fd is not None else []) + list((join or {}).values()):
             os.close(fd)
         master, slave = _open_terminal() if plan.tty else (None, None)

@@ -2,6 +2,8 @@
 (a test suite, a long-lived service) starts it with `python -I -S` and drives it over a socket.
 
 Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message, descriptors beside it):
+  caller -> shim   {"view": plan} with the netns fd, first, optionally (with AHEAD): the view of the
+                   plan the sandbox was set up with, which its init forked ahead builds meanwhile
   caller -> shim   {"plan": ..., "log": bool, "netns": bool, "join": [kinds]} with the log (if "log": it
                    becomes the shim's stdout and stderr), the netns fd (if "netns"), the published
                    ports' sockets (held for the sandbox's life), or the joined namespaces' fds
@@ -81,12 +83,26 @@ def _take_output(log: int) -> None:
     os.close(log)
 
 
+def _pass_view(ahead: InitAhead | None, request: dict[str, Any], fds: list[int]) -> None:
+    """The view goes to the init forked ahead, with the netns, and is built while the plan comes."""
+    try:
+        if ahead is not None and fds:
+            wire.send(ahead.sock, {"view": request["view"]}, fds[:1])
+    except OSError:
+        pass  # the init is gone: the plan's hand-over says so
+    finally:
+        wire.close_fds(fds)
+
+
 def main() -> NoReturn:
     sock = wire.Socket(fileno=int(sys.argv[2]))
     # a pool's spare: its init is forked now, while the shim waits for its command
     ahead = InitAhead() if sys.argv[3:4] == [AHEAD] else None
     try:
         request, fds = wire.receive(sock, _MAX_FDS)
+        if request is not None and "view" in request:
+            _pass_view(ahead, request, fds)
+            request, fds = wire.receive(sock, _MAX_FDS)
         if request is None:
             os._exit(1)  # the caller went away before sending the plan
         plan = ProcessPlan.from_dict(request["plan"])

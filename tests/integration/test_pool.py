@@ -163,3 +163,56 @@ def test_a_shim_that_ends_before_its_plan_says_why_and_leaves_nothing(world: Wor
     assert "ended before the command started" in result.stdout
     assert "broken nsrun" in result.stdout  # what it said, though its log is gone with the failed start
     assert world.snapshot() == before
+
+
+def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tmp_path: Path) -> None:
+    # a spare's init builds its view (/proc, /sys, /dev, /etc files) while it waits: a command's
+    # tmpfs go on top of it; with volumes (their sources opened as the host sees them) or
+    # --read-only, it is built anew
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "note").write_text("from the host\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = tmp_path / "views.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import time
+        from nsrun import Pool, Sandbox
+        def run(*argv, **options):
+            sandbox = Sandbox(list(argv), pool=pool, **options)
+            code = sandbox.start().wait()
+            return code, sandbox.logs()
+        with Pool(size=2) as pool:
+            while pool.ready < 2:
+                time.sleep(0.05)
+            print(run("sh", "-c", "cat /srv/note; ls /dev | wc -l", volumes=["{shared}:/srv:ro"]))
+            print(run("sh", "-c", "touch /x 2>/dev/null || echo read-only; touch /tmp/y && echo tmp; cat /etc/hostname",
+                      read_only=True))
+            print(run("sh", "-c", "ls /dev | wc -l; touch /srv/x 2>/dev/null || echo ro", volumes=["{shared}:/srv:ro"],
+                      tmpfs=["{scratch}"]))
+            print(run("sh", "-c", "touch {scratch}/z && echo scratch; ls /dev | wc -l; hostname", tmpfs=["{scratch}"]))
+        """)
+    )
+    result = world.run(sys.executable, str(script), timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [eval(line) for line in result.stdout.splitlines()]  # noqa: S307  # tuples this test printed
+    code, out = lines[0]
+    assert code == 0
+    assert out.splitlines()[0] == "from the host"
+    assert int(out.split()[-1]) < 20  # the private /dev, not the host's
+    code, out = lines[1]
+    assert code == 0
+    assert out.split()[:2] == ["read-only", "tmp"]
+    assert len(out.split()) == 3  # its hostname, from its /etc files
+    code, out = lines[2]
+    assert code == 0
+    assert int(out.split()[0]) < 20  # the private /dev, not the host's
+    assert out.split()[1] == "ro"
+    code, out = lines[3]
+    assert code == 0
+    words = out.split()
+    assert words[0] == "scratch"
+    assert int(words[1]) < 20  # the view made ahead, under the tmpfs added
+    assert len(words) == 3  # its hostname
+    assert not (scratch / "z").exists()  # written to the sandbox's own tmpfs
