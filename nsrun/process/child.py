@@ -1,7 +1,8 @@
 """The last steps before the command runs, in the forked child that becomes it.
 
 Order matters and is the kernel's: a new session first (no controlling terminal of the caller's
-to inject into), then the terminal of its own, signals back to defaults, the capability bounding
+to inject into) and signals back to defaults (both may come before the plan: the process may be
+forked ahead), then the terminal of its own, the capability bounding
 set, the user switch (which empties a non-root command's capabilities), the capabilities a root
 command keeps, no_new_privs, and seccomp last but one, so the filter sees only the exec. Any
 failure is written to `report_fd` (close-on-exec: silence means the exec worked) and ends the
@@ -15,7 +16,7 @@ import fcntl
 import os
 import termios
 
-from nsrun.process import libc, signals
+from nsrun.process import libc, signals, wire
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
@@ -23,7 +24,14 @@ if TYPE_CHECKING:
 
     from nsrun.process.plan import ProcessPlan
 
-__all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "EXIT_SETUP_FAILED", "exec_command", "exit_code_for"]
+__all__ = [
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_NOT_FOUND",
+    "EXIT_SETUP_FAILED",
+    "become_command_ahead",
+    "exec_command",
+    "exit_code_for",
+]
 
 EXIT_SETUP_FAILED: Final = 125
 EXIT_CANNOT_EXECUTE: Final = 126
@@ -31,6 +39,8 @@ EXIT_NOT_FOUND: Final = 127
 _CAP_LAST_CAP: Final = "/proc/sys/kernel/cap_last_cap"
 _DEFAULT_CAP_LAST: Final = 40
 _NOT_FOUND: Final = (errno.ENOENT, errno.ENOTDIR)
+_STDIO: Final = (0, 1, 2)
+_MAX_AHEAD_FDS: Final = 5  # stdin, stdout, stderr, its terminal, the gate
 
 
 def exit_code_for(code: int) -> int:
@@ -144,15 +154,49 @@ def _await_gate(gate_fd: int) -> None:
         raise RuntimeError("its network set-up did not complete")
 
 
-def exec_command(plan: ProcessPlan, report_fd: int, tty_fd: int | None, gate_fd: int | None = None) -> NoReturn:
+def _leave_the_init() -> None:
+    """What the command's process does first, before anything of its plan is known."""
+    os.setsid()
+    _reset_signals()
+
+
+def become_command_ahead(sock: wire.Socket, report_fd: int) -> NoReturn:
+    """The command's process forked before its plan came (`nsrun.process.init.CommandAhead`): it
+    leaves the init's session and signals, then waits for {"plan", "tty": bool, "gate": bool}
+    with its stdin, stdout and stderr, then the terminal and the gate (if so), and goes on as
+    `exec_command`. Nothing, or anything else: it exits, and nothing runs."""
+    from nsrun.process.plan import ProcessPlan
+
+    try:
+        _leave_the_init()
+        message, fds = wire.receive(sock, _MAX_AHEAD_FDS)
+        if message is None or len(fds) < len(_STDIO):
+            os._exit(EXIT_SETUP_FAILED)
+        plan = ProcessPlan.from_dict(message["plan"])
+        for target, fd in zip(_STDIO, fds[: len(_STDIO)], strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+    except (OSError, wire.WireError, ValueError, KeyError):
+        os._exit(EXIT_SETUP_FAILED)
+    sock.close()
+    fds = fds[len(_STDIO) :]
+    tty = fds.pop(0) if message.get("tty") and fds else None
+    gate = fds.pop(0) if message.get("gate") and fds else None
+    exec_command(plan, report_fd, tty, gate, left=True)
+
+
+def exec_command(
+    plan: ProcessPlan, report_fd: int, tty_fd: int | None, gate_fd: int | None = None, *, left: bool = False
+) -> NoReturn:
     """Become the command. Never returns: either the exec replaces this process, or it exits.
-    With `gate_fd`, everything up to the exec is done first, then the exec waits for the gate."""
+    With `gate_fd`, everything up to the exec is done first, then the exec waits for the gate.
+    `left`: it has left the init's session and signals already (`become_command_ahead`)."""
     code = EXIT_SETUP_FAILED
     try:
-        os.setsid()
+        if not left:
+            _leave_the_init()
         if tty_fd is not None:
             _take_terminal(tty_fd)
-        _reset_signals()
         libc.close_range_cloexec(3)  # nothing of nsrun's reaches the command (report_fd included)
         _drop_privileges(plan)
         try:

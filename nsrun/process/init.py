@@ -18,7 +18,7 @@ import os
 import time
 
 from nsrun.process import libc, signals, wire
-from nsrun.process.child import EXIT_SETUP_FAILED, exec_command
+from nsrun.process.child import EXIT_SETUP_FAILED, become_command_ahead, exec_command
 from nsrun.process.mounts import apply_mounts
 from nsrun.process.plan import MountKind
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LEFTOVER_GRACE_SECONDS",
     "NAMESPACE_KINDS",
+    "CommandAhead",
     "ViewAhead",
     "forwardable_signals",
     "run_init",
@@ -95,11 +96,17 @@ class ViewAhead:
     def __init__(self, view: ProcessPlan, netns_fd: int) -> None:
         self.view = view
         self.failure: Exception | None = None
+        self.command: CommandAhead | None = None  # forked in the view, once it stands
         self.host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _build_view(view, netns_fd, None)
         except Exception as err:  # noqa: BLE001  # reported once the plan comes: nobody reads it before
             self.failure = err
+            return
+        try:
+            self.command = CommandAhead()
+        except OSError:
+            pass  # no fork now (no memory): it is forked when the plan comes
 
     def complete(self, plan: ProcessPlan) -> None:
         """The view `plan` asks for, from the one made ahead."""
@@ -114,12 +121,53 @@ class ViewAhead:
                 and all(mount.kind == MountKind.TMPFS for mount in rest)
             ):
                 if rest:
-                    apply_mounts(rest)
+                    apply_mounts(rest)  # the command forked ahead shares the namespace: it sees them
                 return
+            if self.command is not None:
+                self.command.discard()  # it stands in the view made ahead
+                self.command = None
             libc.setns(self.host_mnt, libc.CLONE_NEWNS)  # the host's view again; the network stays
             _build_view(plan, None, None)
         finally:
             os.close(self.host_mnt)
+
+
+class CommandAhead:
+    """The command's process, forked from the init once the view made ahead stands (it shares its
+    namespaces): that fork, and its first steps, are then off the launch's path. It waits for the
+    plan (`become_command_ahead`); it dies with the init, whose PID namespace it is in."""
+
+    def __init__(self) -> None:
+        ours, theirs = wire.socketpair()
+        report_read, report_write = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            os.close(report_read)
+            become_command_ahead(theirs, report_write)
+        theirs.close()
+        os.close(report_write)
+        self.pid, self.sock, self.report = pid, ours, report_read
+
+    def start(self, plan: ProcessPlan, tty_fd: int | None, gate_fd: int | None) -> tuple[int, str | None]:
+        """As `_start_command`, with the process forked ahead."""
+        message = {"plan": plan.to_dict(), "tty": tty_fd is not None, "gate": gate_fd is not None}
+        try:  # its stdio are the init's, which came with the plan: after the fork
+            wire.send(self.sock, message, [*_STDIO, *(fd for fd in (tty_fd, gate_fd) if fd is not None)])
+        finally:
+            self.sock.close()
+            if gate_fd is not None:
+                os.close(gate_fd)
+        return self.pid, _read_report(self.report)
+
+    def discard(self) -> None:
+        self.sock.close()  # it reads the end, and exits
+        os.close(self.report)
+        try:
+            os.kill(self.pid, signals.SIGKILL)
+        except ProcessLookupError:
+            pass  # gone already: reaped below
+        os.waitpid(self.pid, 0)
 
 
 def _namespace_fds() -> list[int]:
@@ -131,9 +179,14 @@ def _open_terminal() -> tuple[int, int]:
     return os.openpty()  # both ends close-on-exec: the command gets the slave through dup2
 
 
-def _start_command(plan: ProcessPlan, tty_fd: int | None, gate_fd: int | None) -> tuple[int, str | None]:
-    """Fork the command; (its pid, None) once its exec worked, else (pid, 'CODE message').
-    With `gate_fd`, the child gets ready up to its exec, which waits for the gate to open."""
+def _start_command(
+    plan: ProcessPlan, tty_fd: int | None, gate_fd: int | None, ahead: CommandAhead | None = None
+) -> tuple[int, str | None]:
+    """Fork the command (or start the one forked `ahead`); (its pid, None) once its exec worked,
+    else (pid, 'CODE message'). With `gate_fd`, the child gets ready up to its exec, which waits
+    for the gate to open."""
+    if ahead is not None:
+        return ahead.start(plan, tty_fd, gate_fd)
     report_read, report_write = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
@@ -142,9 +195,14 @@ def _start_command(plan: ProcessPlan, tty_fd: int | None, gate_fd: int | None) -
     os.close(report_write)
     if gate_fd is not None:
         os.close(gate_fd)
-    with os.fdopen(report_read, "rb") as reader:
+    return pid, _read_report(report_read)
+
+
+def _read_report(fd: int) -> str | None:
+    """What the command's process wrote before its exec; nothing (None) once the exec worked."""
+    with os.fdopen(fd, "rb") as reader:
         failure = reader.read().decode(errors="replace")
-    return pid, failure or None
+    return failure or None
 
 
 def _reap_until(command: int, sigs: set[int]) -> int:
@@ -253,7 +311,7 @@ def run_init(
         wire.send(sock, {"event": "ready"}, namespaces + ([master] if master is not None else []))
         for fd in namespaces + ([master] if master is not None else []):
             os.close(fd)
-        command, failure = _start_command(plan, slave, gate_fd)
+        command, failure = _start_command(plan, slave, gate_fd, ahead.command if ahead is not None else None)
         if slave is not None:
             os.close(slave)
     except Exception as err:  # noqa: BLE001  # reported to the shim, which says what failed
