@@ -280,7 +280,7 @@ class Sandbox:
             raise CommandError(
                 f"starting sandbox {self.name!r}",
                 failure,
-                "check the command and its PATH",
+                None if failure.endswith(")") else "check the command and its PATH",  # what to do, said already
                 exit_code=int(message.get("code", 125)),
             )
         self._started = message

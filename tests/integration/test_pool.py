@@ -179,6 +179,7 @@ def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tm
         textwrap.dedent(f"""
         import time
         from nsrun import Pool, Sandbox
+        from nsrun.errors import CommandError
         def run(*argv, **options):
             sandbox = Sandbox(list(argv), pool=pool, **options)
             code = sandbox.start().wait()
@@ -192,6 +193,10 @@ def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tm
             print(run("sh", "-c", "ls /dev | wc -l; touch /srv/x 2>/dev/null || echo ro", volumes=["{shared}:/srv:ro"],
                       tmpfs=["{scratch}"]))
             print(run("sh", "-c", "touch {scratch}/z && echo scratch; ls /dev | wc -l; hostname", tmpfs=["{scratch}"]))
+            try:
+                Sandbox(["no-such-command"], pool=pool).start()
+            except CommandError as err:
+                print((err.exit_code, str(err)))
         """)
     )
     result = world.run(sys.executable, str(script), timeout=120)
@@ -216,3 +221,6 @@ def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tm
     assert int(words[1]) < 20  # the view made ahead, under the tmpfs added
     assert len(words) == 3  # its hostname
     assert not (scratch / "z").exists()  # written to the sandbox's own tmpfs
+    code, message = lines[4]  # from the command's process forked ahead
+    assert code == 127
+    assert message.endswith("command not found (check its name and PATH)")
