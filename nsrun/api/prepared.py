@@ -52,12 +52,13 @@ class Prepared:
         then. A `spare` (a pool's) has no log until it is handed out: if its program dies first,
         no log file is left; the shim's own output goes nowhere meanwhile. Otherwise the shim
         writes to the log from its start (what a broken interpreter says is there)."""
+        from nsrun.launch.records import reclaim_due
         from nsrun.launch.sandbox import Holder
         from nsrun.launch.sandbox import Sandbox as Launch
         from nsrun.state.logbook import LogBook
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        launch = Launch(request, dirs=dirs, holder=Holder(0, 0.0, 0))
+        launch = Launch(request, dirs=dirs, holder=Holder(0, 0.0, 0), sweep=reclaim_due(dirs))
         logbook = LogBook(dirs)
         try:
             output = subprocess.DEVNULL if spare else logbook.open_log(launch.sandbox_id)

@@ -26,9 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["HANDED_OVER", "handle_request", "prepare", "record_started", "rehearse", "teardown"]
 
 HANDED_OVER: Final = 3  # the worker's exit status when the client now runs a sandbox
-_RECLAIM_LOCK: Final = "reclaim.lock"  # under /run/nsrun: one reclaim at a time, and when the last one ran
 _RECLAIM_QUEUED: Final = "reclaim.queued.lock"  # held by the one reclaim waiting to start
-_RECLAIM_EVERY: Final = 1.0
 _MAX_FD: Final = 1 << 16
 _TEARDOWN_FAILED: Final = 4
 
@@ -207,11 +205,11 @@ def _reclaim_later(dirs: StateDirs, network: str | None) -> None:
         os.closerange(3, queued)
         os.closerange(queued + 1, _MAX_FD)
         os.nice(19)
-        from nsrun.launch.records import reclaim_stale
+        from nsrun.launch.records import RECLAIM_EVERY, RECLAIM_STAMP, reclaim_stale
 
-        fd = open_private(dirs.run / _RECLAIM_LOCK, os.O_RDWR | os.O_CREAT)
+        fd = open_private(dirs.run / RECLAIM_STAMP, os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_EX)  # after the one that runs, if one does
-        time.sleep(max(0.0, os.fstat(fd).st_mtime + _RECLAIM_EVERY - time.time()))
+        time.sleep(max(0.0, os.fstat(fd).st_mtime + RECLAIM_EVERY - time.time()))
         os.close(queued)  # started: the next launch queues another
         os.utime(fd)
         reclaim_stale(dirs, network)

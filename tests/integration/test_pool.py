@@ -224,3 +224,29 @@ def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tm
     code, message = lines[4]  # from the command's process forked ahead
     assert code == 127
     assert message.endswith("command not found (check its name and PATH)")
+
+
+VICTIM = """
+from nsrun import Sandbox
+print(Sandbox(["sleep", "600"]).start().id, flush=True)
+import time; time.sleep(600)
+"""
+LAUNCH = "from nsrun import Sandbox; raise SystemExit(Sandbox(['true']).start().wait())"
+
+
+def test_a_launch_reclaims_what_dead_sandboxes_left_at_most_once_a_second(world: World) -> None:
+    # reclaiming reads every record and lease: a launch does it only if the last reclaim is a
+    # second old, so that it costs the same however many sandboxes are alive
+    victim = world.popen(sys.executable, "-c", VICTIM)
+    assert victim.stdout is not None
+    record = f"/run/nsrun/sandboxes/{victim.stdout.readline().strip()}.json"
+    victim.kill()  # its shim ends with it, and leaves its record and lease stale
+    victim.wait()
+    world.wait_for(lambda: not world.own_pids(SHIM), what="the dead program's shim to end")
+    stamp = "/run/nsrun/reclaim.lock"
+    assert world.run("touch", stamp).returncode == 0  # a reclaim just began
+    assert world.run(sys.executable, "-c", LAUNCH).returncode == 0
+    assert world.run("test", "-e", record).returncode == 0  # left for the next reclaim
+    assert world.run("touch", "-d", "-2 seconds", stamp).returncode == 0
+    assert world.run(sys.executable, "-c", LAUNCH).returncode == 0
+    assert world.run("test", "-e", record).returncode != 0  # reclaimed on the way
