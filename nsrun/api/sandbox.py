@@ -285,7 +285,8 @@ class Sandbox:
             )
         self._started = message
         namespaces = {kind: int(fd) for kind, fd in message["namespaces"].items()}
-        launch.started(Started(int(message["init_pid"]), int(message["command_pid"]), namespaces))
+        inodes = {kind: int(inode) for kind, inode in dict(message.get("inodes") or {}).items()}
+        launch.started(Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes))
 
     def _abort(self) -> None:
         """Undo a start that failed half-way: the shim goes (with everything in the sandbox)."""

@@ -101,11 +101,14 @@ def missing_sandbox_rules(record: SandboxRecord, backend: str | None = None) -> 
 def note_started(dirs: StateDirs, record: SandboxRecord, started: Started) -> SandboxRecord:
     """The command runs: record its pids and where its shim (the record's holder) pins its
     namespaces, and give its network namespace its `ip netns` name."""
-    import os
     from dataclasses import replace
 
-    # the fds are the shim's (this process, or another one): read them through /proc
-    pinned = {kind: (fd, os.stat(f"/proc/{record.pid}/fd/{fd}").st_ino) for kind, fd in started.namespace_fds.items()}
+    # the fds are the shim's (this process, or another one): their inodes as it gave them, else
+    # read through /proc
+    pinned = {
+        kind: (fd, started.namespace_inodes.get(kind) or os.stat(f"/proc/{record.pid}/fd/{fd}").st_ino)
+        for kind, fd in started.namespace_fds.items()
+    }
     record = replace(record, init_pid=started.init_pid, child_pid=started.command_pid, namespaces=pinned)
     reg = registry(dirs)
     reg.update(record)

@@ -77,12 +77,20 @@ class ShimFds:
 
 class Started:
     """The command runs: its init, its pid (in the host's PID namespace), and the namespaces the
-    shim holds for the sandbox's life (kind -> fd)."""
+    shim holds for the sandbox's life (kind -> fd), with their inode numbers if the shim gave them
+    (kind -> inode; else they are read through /proc, 0.1-0.2 ms each)."""
 
-    def __init__(self, init_pid: int, command_pid: int, namespace_fds: dict[str, int]) -> None:
+    def __init__(
+        self,
+        init_pid: int,
+        command_pid: int,
+        namespace_fds: dict[str, int],
+        namespace_inodes: dict[str, int] | None = None,
+    ) -> None:
         self.init_pid = init_pid
         self.command_pid = command_pid
         self.namespace_fds = namespace_fds
+        self.namespace_inodes = namespace_inodes or {}
 
 
 class Outcome:
@@ -373,7 +381,9 @@ class Shim:
             if self.ready is not None:
                 self._ready_deadline = time.monotonic() + self.ready_timeout
             if self.on_started is not None and self.init_pid is not None:
-                self.on_started(Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds)))
+                inodes = {kind: os.fstat(fd).st_ino for kind, fd in self.namespace_fds.items()}
+                started = Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds), inodes)
+                self.on_started(started)
         elif event == "exited":
             self._command_done = True
             self._outcome.status = int(message["status"])

@@ -8,7 +8,7 @@ Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message,
                    becomes the shim's stdout and stderr), the netns fd (if "netns"), the published
                    ports' sockets (held for the sandbox's life), or the joined namespaces' fds
   shim -> caller   {"event": "planned"} at once, if the caller asked for it ("ack")
-  shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}}
+  shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}, "inodes": {kind: ino}}
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
   caller -> shim   {"op": "release"} half-way through the teardown: close the namespaces (and the ports)
@@ -123,7 +123,12 @@ def main() -> NoReturn:
             shim_fds.netns = fds[0]
 
     def started(info: Started) -> None:
-        event = {"init_pid": info.init_pid, "command_pid": info.command_pid, "namespaces": info.namespace_fds}
+        event = {
+            "init_pid": info.init_pid,
+            "command_pid": info.command_pid,
+            "namespaces": info.namespace_fds,
+            "inodes": info.namespace_inodes,
+        }
         _send(sock, {"event": "started", **event})
 
     shim = Shim(plan, shim_fds, on_started=started, ahead=ahead if not join else None)
