@@ -294,13 +294,10 @@ def _foreground(request: SandboxRequest, readiness: tuple[int, float] | None, re
     caller hears once it runs (or why it did not)."""
     from nsrun.cli.drive import Launch, Reporter, drive, redirect_output
     from nsrun.cli.entry import Interrupted, checkpoint, die_by
-    from nsrun.launch.records import reclaim_due
     from nsrun.launch.sandbox import Sandbox
     from nsrun.state.logbook import LogBook, LogEntry
-    from nsrun.state.paths import StateDirs
 
-    dirs = StateDirs()
-    sandbox = Sandbox(request, dirs=dirs, checkpoint=checkpoint, sweep=reclaim_due(dirs))
+    sandbox = Sandbox(request, checkpoint=checkpoint)
     logbook = LogBook(sandbox.dirs)
     reporter = Reporter(report)
     log = str(logbook.log_path(sandbox.sandbox_id)) if report is not None else None

@@ -81,7 +81,6 @@ def _dispatch(invocation: Invocation, conf: NetConf, dirs: StateDirs) -> dict[st
 
 
 def add(invocation: Invocation, conf: NetConf, dirs: StateDirs) -> dict[str, Any]:
-    from nsrun.launch.records import reclaim_due
     from nsrun.launch.request import Attachment, SandboxRequest
     from nsrun.launch.sandbox import Sandbox
 
@@ -100,7 +99,7 @@ def add(invocation: Invocation, conf: NetConf, dirs: StateDirs) -> dict[str, Any
         cwd="/",
     )
     attachment = Attachment(invocation.container_id, invocation.ifname, invocation.netns)
-    sandbox = Sandbox(request, dirs, sandbox_id=sandbox_id, attachment=attachment, sweep=reclaim_due(dirs))
+    sandbox = Sandbox(request, dirs, sandbox_id=sandbox_id, attachment=attachment)
     try:
         sandbox.setup()
     finally:

@@ -24,11 +24,13 @@ RECLAIM_EVERY: Final = 1.0  # seconds
 
 
 def reclaim_due(dirs: StateDirs) -> bool:
-    """Whether a launch reclaims on its way what dead sandboxes left (it reads every record and
-    lease: 30 ms with 100 sandboxes alive): at most once every RECLAIM_EVERY seconds, whoever
-    reclaimed last (a launch, or the helper's reclaim after one). In between, a launch reclaims
-    only what it collides with: its name, a port, the last free address. So a launch costs the
-    same however many sandboxes are alive."""
+    """Whether a library launch reclaims on its way what dead sandboxes left (it reads every
+    record and lease: 30 ms with 100 sandboxes alive): at most once every RECLAIM_EVERY seconds,
+    whoever reclaimed last (a library launch, or the helper's reclaim after one of its launches).
+    In between, it reclaims only what it collides with: its name, a port, the last free address.
+    So a library launch costs the same however many sandboxes are alive; a command line in-process
+    (no helper) and a CNI ADD still reclaim every time, the next nsrun command line after a crash
+    among them."""
     from nsrun.state.files import open_private
 
     stamp = dirs.run / RECLAIM_STAMP
