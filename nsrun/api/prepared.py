@@ -96,8 +96,8 @@ class Prepared:
 
     def send_view(self) -> None:
         """The sandbox's view (its mounts and hostname, those of the plan it was set up with) is
-        built by its init while it waits for a command: a plan that asks for more (volumes) adds
-        to it; one that asks for other mounts (--read-only, --privileged) has it built anew."""
+        built by its init while it waits for a command: a plan that adds tmpfs mounts adds them to
+        it; one with volumes, --read-only or --privileged has it built anew."""
         from nsrun.process import wire
 
         plan, netns = self.launch.plan, self.launch.netns_fd

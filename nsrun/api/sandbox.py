@@ -280,7 +280,7 @@ class Sandbox:
             raise CommandError(
                 f"starting sandbox {self.name!r}",
                 failure,
-                None if failure.endswith(")") else "check the command and its PATH",  # what to do, said already
+                None,  # the init's message says what to do where it knows (as the CLI shows it)
                 exit_code=int(message.get("code", 125)),
             )
         self._started = message

@@ -4,7 +4,6 @@ and reclaiming a stale record undoes what it stood for on the host."""
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING, Final
 
 from nsrun.state.paths import StateDirs
@@ -31,21 +30,9 @@ def reclaim_due(dirs: StateDirs) -> bool:
     So a library launch costs the same however many sandboxes are alive; a command line in-process
     (no helper) and a CNI ADD still reclaim every time, the next nsrun command line after a crash
     among them."""
-    from nsrun.state.files import open_private
+    from nsrun.state.files import stamp_if_older
 
-    stamp = dirs.run / RECLAIM_STAMP
-    try:
-        if time.time() - os.stat(stamp, follow_symlinks=False).st_mtime < RECLAIM_EVERY:
-            return False
-    except FileNotFoundError:
-        pass
-    dirs.ensure(dirs.run)
-    fd = open_private(stamp, os.O_RDWR)
-    try:
-        os.utime(fd)
-    finally:
-        os.close(fd)
-    return True
+    return stamp_if_older(dirs.ensure(dirs.run) / RECLAIM_STAMP, RECLAIM_EVERY)
 
 
 def registry(dirs: StateDirs) -> Registry:

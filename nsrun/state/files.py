@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import stat
+import time
 from typing import TYPE_CHECKING, Final
 
 from nsrun.errors import NsrunError
@@ -209,6 +210,23 @@ def open_private(path: Path, flags: int, mode: int = FILE_MODE) -> int:
     if stat.S_IMODE(info.st_mode) != mode:
         os.fchmod(fd, mode)
     return fd
+
+
+def stamp_if_older(path: Path, seconds: float) -> bool:
+    """True, and `path` (a file nsrun owns, made if missing) stamped now, when its last stamp is
+    `seconds` old or more: how work that reads every file of a kind is done at most that often.
+    The file is touched, never replaced: it may be a lock file another process holds."""
+    try:
+        if time.time() - os.stat(path, follow_symlinks=False).st_mtime < seconds:
+            return False
+    except FileNotFoundError:
+        pass
+    fd = open_private(path, os.O_RDWR)
+    try:
+        os.utime(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def rewrite_in_place(path: Path, text: str, mode: int = PUBLIC_FILE_MODE) -> None:

@@ -139,35 +139,27 @@ class LogBook:
                 self.remove(entry.sandbox_id)
                 self._forget_name(entry)
 
+    def _last_of(self, name: str) -> str | None:
+        """The id of the last sandbox of that name, from the names' index."""
+        try:
+            text = files.read_file(self._name_path(name))
+        except files.StateError:
+            return None
+        last = text.strip() if text else ""
+        return last if ID_RE.fullmatch(last) else None
+
     def _forget_last_of(self, name: str) -> None:
         """The last sandbox of that name, if it has ended: a new one takes the name."""
-        path = self._name_path(name)
-        try:
-            text = files.read_file(path)
-        except files.StateError:
-            text = None
-        last = text.strip() if text else ""
-        if not ID_RE.fullmatch(last):
-            return
-        entry = self.get(last)
-        if entry is not None and entry.name == name and entry.ended is not None:
+        last = self._last_of(name)
+        entry = self.get(last) if last is not None else None
+        if last is not None and entry is not None and entry.name == name and entry.ended is not None:
             self.remove(last)
 
     def _forget_name(self, entry: LogEntry) -> None:
-        path = self._name_path(entry.name)
-        try:
-            text = files.read_file(path)
-        except files.StateError:
-            return
-        if text is not None and text.strip() == entry.sandbox_id:
-            files.remove_file(path)
+        if self._last_of(entry.name) == entry.sandbox_id:
+            files.remove_file(self._name_path(entry.name))
 
     def _sweep_now_and_then(self) -> None:
-        stamp = self.exits / _SWEPT
-        try:
-            if time.time() - os.stat(stamp, follow_symlinks=False).st_mtime < SWEEP_INTERVAL:
-                return
-        except FileNotFoundError:
-            pass
-        files.write_file(stamp, "")  # first: a concurrent start need not sweep too
-        self.sweep()
+        # stamped first: a start meanwhile need not sweep too
+        if files.stamp_if_older(self.exits / _SWEPT, SWEEP_INTERVAL):
+            self.sweep()
