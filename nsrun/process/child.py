@@ -73,10 +73,18 @@ def _take_terminal(tty_fd: int) -> None:
         os.close(tty_fd)
 
 
-def _drop_privileges(plan: ProcessPlan) -> None:
-    # never more than this process holds: the host's own root may lack some (a container's bounding set)
-    keep = plan.confinement.caps & libc.capget()[1] if plan.identity.is_root else 0
-    for cap in range(_last_cap() + 1):
+class _Held:
+    """The capabilities this process may keep: what it holds (the host's own root may lack some,
+    a container's bounding set) and the kernel's highest (read ahead of the plan, where it can)."""
+
+    def __init__(self) -> None:
+        self.permitted = libc.capget()[1]
+        self.last = _last_cap()
+
+
+def _drop_privileges(plan: ProcessPlan, held: _Held) -> None:
+    keep = plan.confinement.caps & held.permitted if plan.identity.is_root else 0
+    for cap in range(held.last + 1):
         if not keep >> cap & 1:
             libc.prctl(libc.PR_CAPBSET_DROP, cap)
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
@@ -169,6 +177,7 @@ def become_command_ahead(sock: wire.Socket, report_fd: int) -> NoReturn:
 
     try:
         _leave_the_init()
+        held = _Held()
         message, fds = wire.receive(sock, _MAX_AHEAD_FDS)
         if message is None or len(fds) < len(_STDIO):
             os._exit(EXIT_SETUP_FAILED)
@@ -182,23 +191,25 @@ def become_command_ahead(sock: wire.Socket, report_fd: int) -> NoReturn:
     fds = fds[len(_STDIO) :]
     tty = fds.pop(0) if message.get("tty") and fds else None
     gate = fds.pop(0) if message.get("gate") and fds else None
-    exec_command(plan, report_fd, tty, gate, left=True)
+    exec_command(plan, report_fd, tty, gate, held)
 
 
 def exec_command(
-    plan: ProcessPlan, report_fd: int, tty_fd: int | None, gate_fd: int | None = None, *, left: bool = False
+    plan: ProcessPlan, report_fd: int, tty_fd: int | None, gate_fd: int | None = None, held: _Held | None = None
 ) -> NoReturn:
     """Become the command. Never returns: either the exec replaces this process, or it exits.
     With `gate_fd`, everything up to the exec is done first, then the exec waits for the gate.
-    `left`: it has left the init's session and signals already (`become_command_ahead`)."""
+    `held`: it has left the init's session and signals already, and read what it holds
+    (`become_command_ahead`)."""
     code = EXIT_SETUP_FAILED
     try:
-        if not left:
+        if held is None:
             _leave_the_init()
+            held = _Held()
         if tty_fd is not None:
             _take_terminal(tty_fd)
         libc.close_range_cloexec(3)  # nothing of nsrun's reaches the command (report_fd included)
-        _drop_privileges(plan)
+        _drop_privileges(plan, held)
         try:
             os.chdir(plan.cwd)
         except OSError as err:

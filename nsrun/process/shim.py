@@ -149,6 +149,9 @@ class Shim:
         # signals the caller caught before this shim took over signals (they go to the command too)
         held: Callable[[], list[int]] | None = None,
         ahead: InitAhead | None = None,  # its init, forked already: run() hands it the plan
+        # the command's outcome as soon as nothing else is left in the sandbox, while its init
+        # exits; run() returns once it has (the control fd is no longer read meanwhile)
+        on_ended: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.plan = plan
         self.fds = fds if fds is not None else ShimFds()
@@ -159,6 +162,8 @@ class Shim:
         self.on_ready = on_ready
         self.held = held
         self.ahead = ahead
+        self.on_ended = on_ended
+        self.ended_early = False  # on_ended was called before the init was reaped
         self.gated = self.fds.gate is not None
         # while gated (until `gate_opened()`), a signal goes to `on_gated_signal` first, which takes
         # it (True: it aborts the set-up still under way) or leaves it to the usual handling
@@ -275,6 +280,8 @@ class Shim:
                     self._on_signals(libc.signalfd_read(signal_fd), relay)
                 if control is not None and control in ready and not self._on_control(control):
                     control = None
+                if self.ended_early:
+                    control = None  # what the controller says next is for after run()
                 self._on_watched(ready)
                 if relay is not None and self._master is not None:
                     relay.pump(ready, self._master)
@@ -372,6 +379,7 @@ class Shim:
             return False
         event = message.get("event")
         if event == "ready":
+            self.close()  # those of a view made ahead, built anew since
             self.namespace_fds = dict(zip(NAMESPACE_KINDS, fds, strict=False))
             if self.plan.tty and len(fds) > len(NAMESPACE_KINDS):
                 self._master = fds[len(NAMESPACE_KINDS)]
@@ -387,6 +395,9 @@ class Shim:
         elif event == "exited":
             self._command_done = True
             self._outcome.status = int(message["status"])
+            if message.get("alone") and self.on_ended is not None and not self.ended_early:
+                self.ended_early = True
+                self.on_ended(self._outcome)
         elif event == "failed":
             self._outcome.failure = str(message.get("message", "preparing the sandbox failed"))
             self._outcome.failure_code = int(message.get("code", EXIT_SETUP_FAILED))

@@ -94,10 +94,9 @@ def _pass_view(ahead: InitAhead | None, request: dict[str, Any], fds: list[int])
         wire.close_fds(fds)
 
 
-def main() -> NoReturn:
-    sock = wire.Socket(fileno=int(sys.argv[2]))
-    # a pool's spare: its init is forked now, while the shim waits for its command
-    ahead = InitAhead() if sys.argv[3:4] == [AHEAD] else None
+def _receive_plan(sock: wire.Socket, ahead: InitAhead | None) -> tuple[dict[str, Any], list[int], ProcessPlan]:
+    """The caller's request with its plan (after the view, if one comes first); exits if the
+    caller went away first or sent no plan."""
     try:
         request, fds = wire.receive(sock, _MAX_FDS)
         if request is not None and "view" in request:
@@ -105,9 +104,16 @@ def main() -> NoReturn:
             request, fds = wire.receive(sock, _MAX_FDS)
         if request is None:
             os._exit(1)  # the caller went away before sending the plan
-        plan = ProcessPlan.from_dict(request["plan"])
+        return request, fds, ProcessPlan.from_dict(request["plan"])
     except (OSError, wire.WireError, ValueError, KeyError):
         os._exit(1)
+
+
+def main() -> NoReturn:
+    sock = wire.Socket(fileno=int(sys.argv[2]))
+    # a pool's spare: its init is forked now, while the shim waits for its command
+    ahead = InitAhead() if sys.argv[3:4] == [AHEAD] else None
+    request, fds, plan = _receive_plan(sock, ahead)
     if request.get("ack"):
         _send(sock, {"event": "planned"})  # from here on, the caller may not hand the plan to another shim
     if request.get("log") and fds:
@@ -131,9 +137,16 @@ def main() -> NoReturn:
         }
         _send(sock, {"event": "started", **event})
 
-    shim = Shim(plan, shim_fds, on_started=started, ahead=ahead if not join else None)
+    def ended(outcome: Outcome) -> None:
+        event = {"status": outcome.status, "failure": outcome.failure, "code": outcome.failure_code}
+        _send(sock, {"event": "ended", **event})
+
+    # a sandbox of its own ends as soon as its command has and nothing else is left in it: the
+    # caller's teardown goes on while the init exits (and is reaped before this process exits)
+    shim = Shim(plan, shim_fds, on_started=started, ahead=ahead if not join else None, on_ended=None if join else ended)
     outcome = shim.run()
-    _send(sock, {"event": "ended", "status": outcome.status, "failure": outcome.failure, "code": outcome.failure_code})
+    if not shim.ended_early:
+        ended(outcome)
     if join:
         _die_like(outcome)
     # the namespaces stay pinned until the caller has ended what joined the sandbox (or went away)

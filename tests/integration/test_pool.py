@@ -250,3 +250,65 @@ def test_a_launch_reclaims_what_dead_sandboxes_left_at_most_once_a_second(world:
     assert world.run("touch", "-d", "-2 seconds", stamp).returncode == 0
     assert world.run(sys.executable, "-c", LAUNCH).returncode == 0
     assert world.run("test", "-e", record).returncode != 0  # reclaimed on the way
+
+
+EXEC_INTO = """
+import sys, time
+from nsrun import Pool, Sandbox
+with Pool(size=2) as pool:
+    while pool.ready < 2:
+        time.sleep(0.05)
+    kept = Sandbox(["sh", "-c", "touch {scratch}/mark; exec sleep 600"], pool=pool, tmpfs=["{scratch}"]).start()
+    anew = Sandbox(["sleep", "600"], pool=pool, volumes=["{shared}:/srv:ro"]).start()
+    print(kept.id, anew.id, flush=True)
+    sys.stdin.read()
+    kept.stop(timeout=1)
+    anew.stop(timeout=1)
+"""
+
+
+def test_exec_enters_the_view_a_pooled_command_runs_in(world: World, tmp_path: Path) -> None:
+    # a spare's init reports its namespaces once its view made ahead stands; a command whose view
+    # is built anew (volumes) has those reported again: `nsrun exec` must enter the command's
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "note").write_text("from the host\n")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    program = world.popen(sys.executable, "-c", EXEC_INTO.format(scratch=scratch, shared=shared), stdin=subprocess.PIPE)
+    assert program.stdout is not None
+    kept, anew = program.stdout.readline().split()
+    try:
+        world.wait_for(
+            lambda: world.nsrun("exec", kept, "--", "test", "-e", f"{scratch}/mark").returncode == 0,
+            what="the command's mark in its own tmpfs",
+        )
+        seen = world.nsrun("exec", anew, "--", "cat", "/srv/note")
+        assert (seen.returncode, seen.stdout) == (0, "from the host\n"), seen.stderr
+        assert world.nsrun("exec", kept, "--", "test", "-e", "/srv/note").returncode == 1  # no volume there
+        assert not (scratch / "mark").exists()  # the host's directory: the sandbox wrote to its tmpfs
+    finally:
+        program.communicate("", timeout=30)
+    assert program.returncode == 0
+
+
+ENDS_WHOLE = """
+import os
+from nsrun import Pool, Sandbox
+with Pool(size=1) as pool:
+    for argv in (["true"], ["sh", "-c", "trap '' TERM; sleep {duration} & exit 3"]):
+        sandbox = Sandbox(argv, pool=pool).start()
+        init, shim = sandbox._started["init_pid"], sandbox._shim.pid  # as the shim said
+        code = sandbox.wait()
+        print(code, [not os.path.exists(f"/proc/{{pid}}") for pid in (init, shim)], flush=True)
+"""
+
+
+def test_a_pooled_sandbox_is_whole_gone_when_wait_returns(world: World) -> None:
+    # the shim reports the end as soon as nothing but the init is left, and the teardown goes on
+    # while the init exits: wait() still returns only once the init and the shim are gone too
+    duration = world.unique(307)
+    result = world.run(sys.executable, "-c", ENDS_WHOLE.format(duration=duration), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["0 [True, True]", "3 [True, True]"]
+    assert not world.pids_running(f"sleep {duration}")  # the leftover that ignored SIGTERM too
