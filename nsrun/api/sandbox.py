@@ -227,6 +227,7 @@ class Sandbox:
         launch = prepared.launch
         self._launch, self._shim, self._control, self._log = launch, prepared.shim, prepared.control, prepared.log
         logbook = LogBook(self._dirs)
+        decided = threading.Event()  # the start succeeded (the watcher takes over) or failed
         try:
             assigned = launch.request is not self._request
             if assigned:
@@ -237,6 +238,11 @@ class Sandbox:
                 prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
             except OSError:
                 raise _SpareLost from None
+            # the watcher's thread is started while the shim starts the command, off the launch's path
+            self._watcher = threading.Thread(
+                target=self._watch, args=(launch, decided), name=f"nsrun-{launch.sandbox_id}", daemon=True
+            )
+            self._watcher.start()
             # the books are written while the shim starts the command; if they cannot be, the
             # sandbox is ended and the start fails, as if it had failed before
             if assigned:
@@ -245,12 +251,12 @@ class Sandbox:
             self._await_start(launch)
         except BaseException:
             self._abort()
+            decided.set()  # the watcher, if it was started, ends: there is nothing to watch
             self._last_words = self.logs()[-_LOG_TAIL:]  # what a shim that died said: for the error
             with contextlib.suppress(NsrunError):
                 logbook.remove(launch.sandbox_id)  # a start that failed leaves nothing; the error says why
             raise
-        self._watcher = threading.Thread(target=self._watch, name=f"nsrun-{launch.sandbox_id}", daemon=True)
-        self._watcher.start()
+        decided.set()
 
     def _shim_lost(self) -> NsrunError:
         said = f"; it said: {self._last_words.strip()!r}" if self._last_words.strip() else ""
@@ -304,8 +310,12 @@ class Sandbox:
                 with contextlib.suppress(NsrunError):
                     launch.teardown()
 
-    def _watch(self) -> None:
-        """Wait for the command to end, then tear the host side down and release the shim."""
+    def _watch(self, started: Launch, decided: threading.Event) -> None:
+        """Once the start of `started` succeeded: wait for the command to end, then tear the host
+        side down and release the shim."""
+        decided.wait()
+        if self._launch is not started:
+            return  # that start failed, and was undone (a pool's next spare may be tried)
         message = None
         while self._control is not None:
             message = _receive(self._control)
