@@ -25,7 +25,17 @@ from typing import Final
 
 from nsrun.firewall.rules import SANDBOX_COMMENT_PREFIX
 
-__all__ = ["BRIDGE_FAMILY", "BRIDGE_TABLE", "DISPATCH", "PORTS_MAP", "PortGuard", "link_local_for", "removal_script"]
+__all__ = [
+    "BRIDGE_FAMILY",
+    "BRIDGE_TABLE",
+    "DISPATCH",
+    "PORTS_MAP",
+    "PortGuard",
+    "Removal",
+    "link_local_for",
+    "removal",
+    "removal_script",
+]
 
 BRIDGE_FAMILY: Final = "bridge"
 BRIDGE_TABLE: Final = "nsrun"
@@ -37,6 +47,8 @@ _MAC_RE: Final = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _VETH_RE: Final = re.compile(r"nsv[0-9a-f]{12}")
 _ID_RE: Final = re.compile(r"[0-9a-f]{12}")
 _UNIVERSAL_LOCAL_BIT: Final = 0x02
+NFPROTO_BRIDGE: Final = 7  # the bridge family's number in nf_tables' netlink API
+_IFNAMSIZ: Final = 16  # an `ifname` key's size in the kernel: the name, zero-padded
 
 
 def link_local_for(mac: str) -> ipaddress.IPv6Address:
@@ -117,6 +129,27 @@ class PortGuard:
         lines += [f"add rule {table} {self.chain} {rule}" for rule in self.rules()]
         lines.append(f'add element {table} {PORTS_MAP} {{ "{self.veth}" : jump {self.chain} }}')
         return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A sandbox's filter as nf_tables' netlink API names what goes, in one transaction: its
+    entry in the ports map (by its key as the kernel stores it), its chain's rules, its chain.
+    The same as `removal_script`, for callers that skip libnftables."""
+
+    family: int
+    table: str
+    elements: tuple[tuple[str, bytes], ...]
+    flushed: tuple[str, ...]
+    chains: tuple[str, ...]
+
+
+def removal(sandbox_id: str) -> Removal:
+    if not _ID_RE.fullmatch(sandbox_id):
+        raise ValueError(f"not a sandbox id: {sandbox_id!r}")
+    chain = f"sb-{sandbox_id}"
+    key = f"nsv{sandbox_id}".encode().ljust(_IFNAMSIZ, b"\0")
+    return Removal(NFPROTO_BRIDGE, BRIDGE_TABLE, ((PORTS_MAP, key),), (chain,), (chain,))
 
 
 def removal_script(sandbox_id: str) -> str:

@@ -306,3 +306,44 @@ def test_reading_iptables_rules_leaves_the_callers_stdout_alone() -> None:
         assert lines[1] == f"True {len(lines[0])}"  # descriptor 1 stayed, and no print was lost
     finally:
         w.close()
+
+
+REMOVE_AGAIN = """
+import errno, sys
+from nsrun.firewall.portguard import removal
+from nsrun.net.netlink import delete_nft_objects, ruleset_generation
+gone = removal(sys.argv[1])
+before = ruleset_generation()
+refused = delete_nft_objects(gone.family, gone.table, gone.elements, gone.flushed, gone.chains)
+print(errno.errorcode.get(refused, refused), ruleset_generation() - before)
+"""
+
+
+def _port_filters(world: World) -> tuple[set[str], set[str]]:
+    """(the bridge table's per-sandbox chains, the ports map's keys)."""
+    listing = json.loads(world.run("nft", "-j", "list", "table", "bridge", "nsrun").stdout)["nftables"]
+    chains = {item["chain"]["name"] for item in listing if "chain" in item and item["chain"]["name"].startswith("sb-")}
+    elements = [item["map"].get("elem", []) for item in listing if "map" in item]
+    return chains, {pair[0] for found in elements for pair in found}
+
+
+def test_a_sandboxs_end_removes_its_port_filter_alone(world: World, tmp_path: Path) -> None:
+    # its chain and its entry in the ports map go in one nf_tables transaction, sent through
+    # netlink; a neighbour's stay, and a second removal changes nothing
+    ready = [tmp_path / "one", tmp_path / "two"]
+    sandboxes = [world.nsrun_popen("--", "sh", "-c", f"touch {mark}; exec sleep 300") for mark in ready]
+    world.wait_for(lambda: all(mark.exists() for mark in ready), what="both sandboxes")
+    ids = [record["sandbox_id"] for record in json.loads(world.nsrun("ls", "--json").stdout)]
+    assert len(ids) == 2
+    assert _port_filters(world) == ({f"sb-{i}" for i in ids}, {f"nsv{i}" for i in ids})
+    sandboxes[0].terminate()
+    sandboxes[0].wait(timeout=10)
+    left = next(i for i in ids if f"nsv{i}" in world.links())
+    ended = next(i for i in ids if i != left)
+    assert _port_filters(world) == ({f"sb-{left}"}, {f"nsv{left}"})
+    again = world.run(sys.executable, "-c", REMOVE_AGAIN, ended)
+    assert again.stdout.split() == ["ENOENT", "0"], again.stderr  # refused whole: the ruleset is unchanged
+    assert _port_filters(world) == ({f"sb-{left}"}, {f"nsv{left}"})
+    sandboxes[1].terminate()
+    sandboxes[1].wait(timeout=10)
+    assert _port_filters(world) == (set(), set())

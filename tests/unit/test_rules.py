@@ -108,3 +108,23 @@ def test_a_port_guard_accepts_early_only_its_own_mac_and_addresses() -> None:
     assert "ip saddr 10.123.0.7 " in accepts[0]
     assert f"ip6 saddr {{ {link_local_for(mac)} }} " in accepts[1]  # not "::": no TCP comes from it
     assert all(rule.endswith(" drop") for rule in rules[len(accepts) :])
+
+
+def test_a_filters_removal_names_what_its_set_up_made() -> None:
+    import pytest
+
+    from nsrun.firewall.portguard import BRIDGE_TABLE, NFPROTO_BRIDGE, PORTS_MAP, PortGuard, removal, removal_script
+
+    guard = PortGuard("0123456789ab", "nsv0123456789ab", "02:00:00:00:00:01", ipaddress.IPv4Address("10.88.0.2"))
+    made = guard.script()
+    gone = removal("0123456789ab")
+    assert (gone.family, gone.table) == (NFPROTO_BRIDGE, BRIDGE_TABLE)
+    assert gone.chains == gone.flushed == (guard.chain,)
+    ((name, key),) = gone.elements
+    assert name == PORTS_MAP
+    assert key == b"nsv0123456789ab\0"  # an ifname key: the name, zero-padded to IFNAMSIZ
+    assert f'"{guard.veth}" : jump {guard.chain}' in made  # the element the set-up added
+    assert f"delete chain bridge nsrun {guard.chain}" in removal_script("0123456789ab")
+    for bad in ("0123456789AB", "0123456789a", "../x", ""):
+        with pytest.raises(ValueError, match="not a sandbox id"):
+            removal(bad)
