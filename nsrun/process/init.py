@@ -21,7 +21,6 @@ import time
 from nsrun.process import libc, signals, wire
 from nsrun.process.child import EXIT_SETUP_FAILED, become_command_ahead, exec_command
 from nsrun.process.mounts import apply_mounts
-from nsrun.process.plan import MountKind
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
@@ -108,7 +107,9 @@ class ViewAhead:
         try:
             self.command = CommandAhead()
         except OSError:
-            pass  # no fork now (no memory): it is forked when the plan comes
+            return  # no fork now (no memory): it is forked when the plan comes
+        # the shim may hand the plan to the command itself, and learn of its exec (see run_init)
+        _send(sock, {"event": "command"}, [self.command.sock.fileno(), self.command.report])
 
     def complete(self, plan: ProcessPlan) -> bool:
         """The view `plan` asks for, from the one made ahead; whether it is that one (its
@@ -116,13 +117,8 @@ class ViewAhead:
         try:
             if self.failure is not None:
                 raise self.failure
-            made = len(self.view.mounts)
-            rest = plan.mounts[made:]
-            if (
-                plan.mounts[:made] == self.view.mounts
-                and plan.hostname == self.view.hostname
-                and all(mount.kind == MountKind.TMPFS for mount in rest)
-            ):
+            rest = plan.view_added_to(self.view)
+            if rest is not None:
                 if rest:
                     apply_mounts(rest)  # the command forked ahead shares the namespace: it sees them
                 return True
@@ -163,6 +159,12 @@ class CommandAhead:
             if gate_fd is not None:
                 os.close(gate_fd)
         return self.pid, _read_report(self.report)
+
+    def hand_off(self) -> int:
+        """The shim gave it the plan and reads its report: this process keeps only its pid."""
+        self.sock.close()
+        os.close(self.report)
+        return self.pid
 
     def discard(self) -> None:
         self.sock.close()  # it reads the end, and exits
@@ -274,7 +276,8 @@ def run_init_ahead(sock: wire.Socket) -> NoReturn:
     first get {"view": plan} with the sandbox's netns: the view of the plan the sandbox was set up
     with, built at once (`ViewAhead`). Then it waits for {"plan", "netns": bool, "gate": bool}
     with its stdin, stdout, stderr, then the netns and the gate (if so), and goes on as
-    `run_init`. It dies with the shim meanwhile; no plan, no command."""
+    `run_init`; with "direct", the shim gave the command forked ahead its plan (`_run_direct`).
+    It dies with the shim meanwhile; no plan, no command."""
     from nsrun.process.plan import ProcessPlan
 
     ahead: ViewAhead | None = None
@@ -300,7 +303,35 @@ def run_init_ahead(sock: wire.Socket) -> NoReturn:
     if ahead is not None and netns is not None:
         os.close(netns)  # joined already
         netns = None
+    if message.get("direct"):
+        _run_direct(plan, sock, ahead)
     run_init(plan, sock, netns, None, gate, ahead, begun=True)
+
+
+def _run_direct(plan: ProcessPlan, sock: wire.Socket, ahead: ViewAhead | None) -> NoReturn:
+    """The shim handed the plan to the command forked ahead itself, and reads whether its exec
+    worked: it did so only for a plan whose view is the one made ahead, without a terminal or a
+    gate. This init then only waits for the command, as `run_init` does once it runs."""
+    sigs = forwardable_signals()
+    try:
+        if ahead is None or ahead.command is None or plan.tty or plan.view_added_to(ahead.view) != ():
+            raise RuntimeError("the plan handed to the command forked ahead needs another view")  # noqa: TRY301
+        ahead.complete(plan)  # nothing to add
+        command = ahead.command.hand_off()
+    except Exception as err:  # noqa: BLE001  # reported to the shim, which says what failed
+        _send(sock, {"event": "failed", "code": EXIT_SETUP_FAILED, "message": f"preparing the sandbox: {err}"})
+        os._exit(EXIT_SETUP_FAILED)  # the command forked ahead dies with this PID 1
+    _finish(sock, command, sigs, join=None)
+
+
+def _finish(sock: wire.Socket, command: int, sigs: set[int], join: dict[str, int] | None) -> NoReturn:
+    """The command runs: wait for it, end what it left, report, exit."""
+    status = _reap_until(command, sigs)
+    # only PID 1 may end the whole namespace; "alone": nothing else is left in it, so the sandbox
+    # has ended once this process exits (which tearing down its namespaces makes slow: 0.3-0.6 ms)
+    alone = _end_leftovers(sigs) if join is None else False
+    _send(sock, {"event": "exited", "status": status, "alone": alone})
+    os._exit(0)
 
 
 def run_init(
@@ -342,9 +373,4 @@ def run_init(
         _send(sock, {"event": "failed", "code": int(code) if code.isdigit() else EXIT_SETUP_FAILED, "message": message})
         os._exit(EXIT_SETUP_FAILED)
     _send(sock, {"event": "started", "pid": command})
-    status = _reap_until(command, sigs)
-    # only PID 1 may end the whole namespace; "alone": nothing else is left in it, so the sandbox
-    # has ended once this process exits (which tearing down its namespaces makes slow: 0.3-0.6 ms)
-    alone = _end_leftovers(sigs) if join is None else False
-    _send(sock, {"event": "exited", "status": status, "alone": alone})
-    os._exit(0)
+    _finish(sock, command, sigs, join)

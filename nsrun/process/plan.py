@@ -165,6 +165,16 @@ class ProcessPlan(_Value):
             program=program,
         )
 
+    def view_added_to(self, view: ProcessPlan) -> tuple[Mount, ...] | None:
+        """What this plan's view adds to the view of `view` (a plan it was built for ahead): the
+        tmpfs mounts on top, () for the same view; None if it must be built anew (other mounts
+        or hostname, volumes, whose sources must be opened as the host sees them)."""
+        made = len(view.mounts)
+        rest = self.mounts[made:]
+        if self.mounts[:made] != view.mounts or self.hostname != view.hostname:
+            return None
+        return rest if all(mount.kind == MountKind.TMPFS for mount in rest) else None
+
     def to_dict(self) -> dict[str, Any]:
         """Builtins only (marshal-able): how a plan crosses to the process that carries it out."""
         return {

@@ -40,6 +40,7 @@ _MAX_FD: Final = 1 << 20
 _READY_POLL: Final = 0.05
 _STOP_GRACE: Final = 5.0  # after SIGTERM of a sandbox that never got ready, SIGKILL
 _MAX_FDS: Final = 8
+_COMMAND_AHEAD_FDS: Final = 2  # the socket to the command's process forked ahead, its report pipe
 # left to their default action on the shim itself: a shim in the background that touches the
 # terminal stops, as any job does, and its shell takes the terminal back
 _NOT_FORWARDED: Final = frozenset({signals.SIGTTIN, signals.SIGTTOU})
@@ -132,6 +133,13 @@ class InitAhead:
             run_init_ahead(theirs)
         theirs.close()
         self.sock, self.pid = ours, pid
+        self.view: ProcessPlan | None = None  # the view it was sent to build, if any (see `sent_view`)
+
+    def sent_view(self, view: ProcessPlan) -> None:
+        """It was sent `view` to build (its init reports the namespaces, then the command's
+        process it forks in that view): a plan of the same view is handed to that process by
+        the shim itself."""
+        self.view = view
 
 
 class Shim:
@@ -179,6 +187,9 @@ class Shim:
         self._ready_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._watched: dict[int, list[Callable[[], bool]]] = {}
+        self._planned = False  # the plan went to the init (and maybe to the command forked ahead)
+        self._command_ahead: list[int] = []  # its socket and report pipe, as its init sent them
+        self._report: int | None = None  # the command's report pipe, when this process hands it the plan
 
     def watch(self, fd: int, handler: Callable[[], bool]) -> None:
         """Call `handler` whenever `fd` is readable while the sandbox runs, until it returns
@@ -241,14 +252,43 @@ class Shim:
         return ours
 
     def _hand_plan_ahead(self, ahead: InitAhead) -> wire.Socket:
-        """The init forked ahead gets the plan, the stdio, the netns and the gate."""
+        """The init forked ahead gets the plan, the stdio, the netns and the gate. Where its view
+        made ahead is the plan's, without a terminal or gate, the command's process it forked
+        there gets the plan from here at once (two hand-overs fewer on the launch's path), and
+        its exec is reported here."""
         if self.fds.join is not None or not self.plan.new_pid_namespace:
             raise ValueError("an init forked ahead makes a sandbox of its own, it joins none")
+        plan = self.plan.to_dict()
+        while select.select([ahead.sock], [], [], 0)[0] and self._on_message(ahead.sock):
+            pass  # what the init said ahead: its namespaces, its command's process
+        direct = self._hand_to_command_ahead(ahead, plan)
         extra = [fd for fd in (self.fds.netns, self.fds.gate) if fd is not None]
-        message = {"plan": self.plan.to_dict(), "netns": self.fds.netns is not None, "gate": self.gated}
+        message = {"plan": plan, "netns": self.fds.netns is not None, "gate": self.gated, "direct": direct}
         wire.send(ahead.sock, message, [self.fds.stdin, self.fds.stdout, self.fds.stderr, *extra])
         self.init_pid = ahead.pid
         return ahead.sock
+
+    def _hand_to_command_ahead(self, ahead: InitAhead, plan: dict[str, Any]) -> bool:
+        """Give the command's process forked ahead its plan, if its view is the plan's; whether
+        it was given. Its report pipe is read from then on (nothing before its exec worked)."""
+        offered, self._command_ahead = self._command_ahead, []
+        self._planned = True
+        same_view = ahead.view is not None and self.plan.view_added_to(ahead.view) == ()
+        if len(offered) != _COMMAND_AHEAD_FDS or not same_view or self.gated or self.plan.tty:
+            wire.close_fds(offered)  # the init hands the plan on, once it has made the view
+            return False
+        command = wire.Socket(fileno=offered[0])
+        try:
+            wire.send(
+                command, {"plan": plan, "tty": False, "gate": False}, [self.fds.stdin, self.fds.stdout, self.fds.stderr]
+            )
+        except OSError:  # it is gone: the init finds out, as without this
+            os.close(offered[1])
+            return False
+        finally:
+            command.close()
+        self._report = offered[1]
+        return True
 
     def _child_stdio(self) -> None:
         for fd, target in ((self.fds.stdin, 0), (self.fds.stdout, 1), (self.fds.stderr, 2)):
@@ -263,10 +303,7 @@ class Shim:
         raw = relay is not None and terminal.is_terminal(self.fds.stdin)
         with terminal.RawMode(self.fds.stdin, enabled=raw):
             while self._init_status is None:
-                readers = [signal_fd, sock.fileno()]
-                if control is not None:
-                    readers.append(control)
-                readers += self._watched
+                readers = [signal_fd, sock.fileno(), *self._own_readers(control), *self._watched]
                 if relay is not None:
                     readers += relay.readers(self._master)
                 try:
@@ -274,6 +311,8 @@ class Shim:
                 except InterruptedError:
                     continue
                 self._check_ready()
+                if self._report is not None and self._report in ready:
+                    self._on_report(self._report)
                 if sock.fileno() in ready:
                     self._on_message(sock)
                 if signal_fd in ready:
@@ -289,6 +328,10 @@ class Shim:
                 pass  # what the init said before it exited
             if relay is not None and self._master is not None:
                 relay.drain(self._master)
+
+    def _own_readers(self, control: int | None) -> list[int]:
+        """The command's report pipe (while it is read here) and the controller's requests."""
+        return [fd for fd in (self._report, control) if fd is not None]
 
     def _on_watched(self, ready: list[int]) -> None:
         # handlers of one fd take its answers in the order they were asked for: an early
@@ -384,14 +427,14 @@ class Shim:
             if self.plan.tty and len(fds) > len(NAMESPACE_KINDS):
                 self._master = fds[len(NAMESPACE_KINDS)]
                 terminal.copy_window_size(self.fds.stdin, self._master)
+        elif event == "command":
+            if self._planned:
+                wire.close_fds(fds)  # too late: the init hands the plan on itself
+            else:
+                wire.close_fds(self._command_ahead)
+                self._command_ahead = fds
         elif event == "started":
-            self.command_pid = self._command_host_pid()
-            if self.ready is not None:
-                self._ready_deadline = time.monotonic() + self.ready_timeout
-            if self.on_started is not None and self.init_pid is not None:
-                inodes = {kind: os.fstat(fd).st_ino for kind, fd in self.namespace_fds.items()}
-                started = Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds), inodes)
-                self.on_started(started)
+            self._command_started()
         elif event == "exited":
             self._command_done = True
             self._outcome.status = int(message["status"])
@@ -402,6 +445,31 @@ class Shim:
             self._outcome.failure = str(message.get("message", "preparing the sandbox failed"))
             self._outcome.failure_code = int(message.get("code", EXIT_SETUP_FAILED))
         return True
+
+    def _on_report(self, fd: int) -> None:
+        """The command's process forked ahead, given its plan here: the end of the pipe at its
+        exec, or why it failed, written just before it exits (read to the end at once, so that
+        it is known before the init reports the exit)."""
+        text = b""
+        while chunk := os.read(fd, _CHUNK):
+            text += chunk
+        os.close(fd)
+        self._report = None
+        if not text:
+            self._command_started()
+            return
+        code, _, message = text.decode(errors="replace").partition(" ")
+        self._outcome.failure = message
+        self._outcome.failure_code = int(code) if code.isdigit() else EXIT_SETUP_FAILED
+
+    def _command_started(self) -> None:
+        self.command_pid = self._command_host_pid()
+        if self.ready is not None:
+            self._ready_deadline = time.monotonic() + self.ready_timeout
+        if self.on_started is not None and self.init_pid is not None:
+            inodes = {kind: os.fstat(fd).st_ino for kind, fd in self.namespace_fds.items()}
+            started = Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds), inodes)
+            self.on_started(started)
 
     def _command_host_pid(self) -> int | None:
         """The command's pid as the host sees it: the init's only child."""

@@ -88,8 +88,9 @@ def _pass_view(ahead: InitAhead | None, request: dict[str, Any], fds: list[int])
     try:
         if ahead is not None and fds:
             wire.send(ahead.sock, {"view": request["view"]}, fds[:1])
-    except OSError:
-        pass  # the init is gone: the plan's hand-over says so
+            ahead.sent_view(ProcessPlan.from_dict(request["view"]))
+    except (OSError, ValueError):
+        pass  # the init is gone (the plan's hand-over says so), or the view is none it builds
     finally:
         wire.close_fds(fds)
 

@@ -312,3 +312,37 @@ def test_a_pooled_sandbox_is_whole_gone_when_wait_returns(world: World) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["0 [True, True]", "3 [True, True]"]
     assert not world.pids_running(f"sleep {duration}")  # the leftover that ignored SIGTERM too
+
+
+CONFINED_ALIKE = """
+import time
+from nsrun import Pool, Sandbox
+STATUS = "grep -E '^(Uid|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status"
+PROBE = ["sh", "-c", STATUS + "; cat /proc/1/comm; ls /proc | grep -c '^[0-9]'"]
+def run(**options):
+    sandbox = Sandbox(PROBE, **options)
+    assert sandbox.start().wait() == 0
+    return sandbox.logs()
+with Pool(size=2) as pool:
+    while pool.ready < 2:
+        time.sleep(0.05)
+    for options in ({}, {"user": "nobody"}, {"cap_add": ["NET_ADMIN"]}):
+        print(repr((run(**options), run(pool=pool, **options))))
+"""
+
+
+def test_a_pooled_command_is_confined_as_one_set_up_at_once(world: World) -> None:
+    # a pooled command whose view was made ahead gets its plan from the shim itself, in the
+    # process forked ahead: its user, capabilities, no_new_privs, seccomp filter, init and PID
+    # namespace are those a sandbox set up at once gives
+    result = world.run(sys.executable, "-c", CONFINED_ALIKE, timeout=120)
+    assert result.returncode == 0, result.stderr
+    pairs = [eval(line) for line in result.stdout.splitlines()]  # noqa: S307  # tuples this test printed
+    assert len(pairs) == 3
+    for own, pooled in pairs:
+        assert pooled == own
+        assert "Seccomp:\t2" in pooled
+        assert "NoNewPrivs:\t1" in pooled
+        assert pooled.split()[-2:] == ["nsrun-init", "4"]  # PID 1, sh, ls, grep: its own PID namespace
+    assert "CapEff:\t0000000000000000" in pairs[1][1]  # nobody holds none
+    assert pairs[2][1] != pairs[0][1]  # NET_ADMIN added
