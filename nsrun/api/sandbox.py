@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -35,15 +36,17 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from nsrun.api.pool import Pool
-    from nsrun.api.prepared import Prepared
+    from nsrun.api.prepared import CommandAhead, Prepared
     from nsrun.launch.sandbox import Sandbox as Launch
     from nsrun.process.plan import ProcessPlan
+    from nsrun.process.shim import Started
     from nsrun.state.paths import StateDirs
 
 __all__ = ["Sandbox", "SandboxExitedError", "SandboxTimeoutError"]
 
 _POLL: Final = 0.02
 _START_TIMEOUT: Final = 60.0
+_REPORT_MAX: Final = 4096  # what a command's process writes when its exec failed: 1 KiB at most
 _LOG_TAIL: Final = 2000
 
 
@@ -88,6 +91,16 @@ def _receive(sock: socket.socket, timeout: float | None = None) -> dict[str, Any
         return None
     wire.close_fds(fds)
     return message
+
+
+def _direct(prepared: Prepared) -> CommandAhead | None:
+    """The command's process forked ahead in the spare's view, if its plan runs in that view as
+    it is (no volumes, tmpfs or terminal of its own): it is then given the plan directly."""
+    ahead = prepared.command_ahead()
+    plan, view = prepared.launch.plan, prepared.view
+    if ahead is None or plan is None or view is None or plan.tty or plan.view_added_to(view) != ():
+        return None
+    return ahead
 
 
 def _returncode_of(ended: dict[str, Any] | None) -> tuple[int, str | None]:
@@ -234,8 +247,12 @@ class Sandbox:
                 launch.assign(self._request)  # a pool's: made ahead, it gets its command now
             self.warnings = list(launch.warnings)
             plan = launch.plan.to_dict() if launch.plan is not None else {}
+            ahead = _direct(prepared)
             try:
-                prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
+                if ahead is not None:
+                    prepared.hand_over_direct(plan, ahead)
+                else:
+                    prepared.hand_over({"plan": plan, "netns": launch.netns_fd is not None})
             except OSError:
                 raise _SpareLost from None
             # the watcher's thread is started while the shim starts the command, off the launch's path
@@ -245,10 +262,15 @@ class Sandbox:
             self._watcher.start()
             # the books are written while the shim starts the command; if they cannot be, the
             # sandbox is ended and the start fails, as if it had failed before
-            if assigned:
+            if ahead is not None:
+                self._note_started(launch, ahead.started)  # as it will be once its exec worked
+            elif assigned:
                 launch.save_record()
             logbook.record(LogEntry(launch.sandbox_id, launch.name, self._request.argv, time.time(), logged=True))
-            self._await_start(launch)
+            if ahead is not None:
+                self._await_exec(ahead)
+            else:
+                self._await_start(launch)
         except BaseException:
             self._abort()
             decided.set()  # the watcher, if it was started, ends: there is nothing to watch
@@ -272,6 +294,8 @@ class Sandbox:
         if self._control is None:
             return
         message = _receive(self._control, _START_TIMEOUT)
+        while message is not None and message.get("event") == "ahead":  # offered too late (and closed)
+            message = _receive(self._control, _START_TIMEOUT)
         if message is None:
             raise _SpareLost  # it never took the plan
         if message.get("event") == "planned":
@@ -289,10 +313,35 @@ class Sandbox:
                 None,  # the init's message says what to do where it knows (as the CLI shows it)
                 exit_code=int(message.get("code", 125)),
             )
-        self._started = message
         namespaces = {kind: int(fd) for kind, fd in message["namespaces"].items()}
         inodes = {kind: int(inode) for kind, inode in dict(message.get("inodes") or {}).items()}
-        launch.started(Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes))
+        self._note_started(launch, Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes))
+
+    def _note_started(self, launch: Launch, started: Started) -> None:
+        self._started = {"init_pid": started.init_pid, "command_pid": started.command_pid}
+        launch.started(started)
+
+    def _await_exec(self, ahead: CommandAhead) -> None:
+        """The command's process forked ahead was given its plan here: its report pipe comes to
+        its end at its exec, or says first why that failed."""
+        from nsrun.errors import CommandError
+
+        try:
+            if not select.select([ahead.report], [], [], _START_TIMEOUT)[0]:
+                raise self._shim_lost()
+            said = b""
+            while chunk := os.read(ahead.report, _REPORT_MAX):
+                said += chunk  # it exits right after it wrote
+        finally:
+            ahead.close()
+        if said:
+            code, _, failure = said.decode(errors="replace").partition(" ")
+            raise CommandError(
+                f"starting sandbox {self.name!r}",
+                failure,
+                None,  # its message says what to do where it knows (as the CLI shows it)
+                exit_code=int(code) if code.isdigit() else 125,
+            )
 
     def _abort(self) -> None:
         """Undo a start that failed half-way: the shim goes (with everything in the sandbox)."""

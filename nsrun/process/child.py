@@ -187,7 +187,9 @@ def become_command_ahead(sock: wire.Socket, report_fd: int) -> NoReturn:
             os.close(fd)
     except (OSError, wire.WireError, ValueError, KeyError):
         os._exit(EXIT_SETUP_FAILED)
-    sock.close()
+    # its end stays open until the exec (close-on-exec) or the exit: then the init knows it ran,
+    # where the caller gave it its plan (see init.run_init_ahead)
+    sock.detach()
     fds = fds[len(_STDIO) :]
     tty = fds.pop(0) if message.get("tty") and fds else None
     gate = fds.pop(0) if message.get("gate") and fds else None

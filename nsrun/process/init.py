@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import select
 import time
 
 from nsrun.process import libc, signals, wire
@@ -276,8 +277,8 @@ def run_init_ahead(sock: wire.Socket) -> NoReturn:
     first get {"view": plan} with the sandbox's netns: the view of the plan the sandbox was set up
     with, built at once (`ViewAhead`). Then it waits for {"plan", "netns": bool, "gate": bool}
     with its stdin, stdout, stderr, then the netns and the gate (if so), and goes on as
-    `run_init`; with "direct", the shim gave the command forked ahead its plan (`_run_direct`).
-    It dies with the shim meanwhile; no plan, no command."""
+    `run_init`; unless the command forked ahead was given its plan by the caller meanwhile
+    (`_run_direct`). It dies with the shim meanwhile; no plan, no command."""
     from nsrun.process.plan import ProcessPlan
 
     ahead: ViewAhead | None = None
@@ -287,6 +288,8 @@ def run_init_ahead(sock: wire.Socket) -> NoReturn:
         if message is not None and "view" in message and fds:
             ahead = ViewAhead(ProcessPlan.from_dict(message["view"]), fds[0], sock)
             wire.close_fds(fds)
+            if ahead.command is not None and _given_elsewhere(sock, ahead.command):
+                _run_direct(sock, ahead)
             message, fds = wire.receive(sock, _MAX_AHEAD_FDS)
         if message is None or len(fds) < len(_STDIO):
             os._exit(EXIT_SETUP_FAILED)  # the shim went away before a plan came
@@ -303,25 +306,25 @@ def run_init_ahead(sock: wire.Socket) -> NoReturn:
     if ahead is not None and netns is not None:
         os.close(netns)  # joined already
         netns = None
-    if message.get("direct"):
-        _run_direct(plan, sock, ahead)
     run_init(plan, sock, netns, None, gate, ahead, begun=True)
 
 
-def _run_direct(plan: ProcessPlan, sock: wire.Socket, ahead: ViewAhead | None) -> NoReturn:
-    """The shim handed the plan to the command forked ahead itself, and reads whether its exec
-    worked: it did so only for a plan whose view is the one made ahead, without a terminal or a
-    gate. This init then only waits for the command, as `run_init` does once it runs."""
-    sigs = forwardable_signals()
-    try:
-        if ahead is None or ahead.command is None or plan.tty or plan.view_added_to(ahead.view) != ():
-            raise RuntimeError("the plan handed to the command forked ahead needs another view")  # noqa: TRY301
-        ahead.complete(plan)  # nothing to add
-        command = ahead.command.hand_off()
-    except Exception as err:  # noqa: BLE001  # reported to the shim, which says what failed
-        _send(sock, {"event": "failed", "code": EXIT_SETUP_FAILED, "message": f"preparing the sandbox: {err}"})
-        os._exit(EXIT_SETUP_FAILED)  # the command forked ahead dies with this PID 1
-    _finish(sock, command, sigs, join=None)
+def _given_elsewhere(sock: wire.Socket, command: CommandAhead) -> bool:
+    """Wait for whichever comes first: the plan from the shim (False), or the end of the command's
+    socket (True): the caller gave the command's process its plan itself, for the view made
+    ahead, and it closed its end at its exec (or as it exited)."""
+    ready, _, _ = select.select([sock, command.sock], [], [])
+    return sock not in ready
+
+
+def _run_direct(sock: wire.Socket, ahead: ViewAhead) -> NoReturn:
+    """The caller gave the command forked ahead its plan itself (and reads whether its exec
+    worked; the shim gets the plan from it too, and sends nothing here): this init only waits
+    for the command, as `run_init` does once it runs."""
+    if ahead.command is None:
+        os._exit(EXIT_SETUP_FAILED)
+    os.close(ahead.host_mnt)  # its view stays as it was made
+    _finish(sock, ahead.command.hand_off(), forwardable_signals(), join=None)
 
 
 def _finish(sock: wire.Socket, command: int, sigs: set[int], join: dict[str, int] | None) -> NoReturn:

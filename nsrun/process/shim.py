@@ -133,13 +133,30 @@ class InitAhead:
             run_init_ahead(theirs)
         theirs.close()
         self.sock, self.pid = ours, pid
-        self.view: ProcessPlan | None = None  # the view it was sent to build, if any (see `sent_view`)
+        self.namespace_fds: dict[str, int] = {}  # those of the view it made ahead, once it says so
 
-    def sent_view(self, view: ProcessPlan) -> None:
-        """It was sent `view` to build (its init reports the namespaces, then the command's
-        process it forks in that view): a plan of the same view is handed to that process by
-        the shim itself."""
-        self.view = view
+    def receive_ahead(self) -> list[int] | None:
+        """One thing the init says while it waits for its plan: its view's namespaces (kept
+        here), or the command's process it forked in that view ([its socket, its report pipe],
+        returned). None once it is gone."""
+        try:
+            message, fds = wire.receive(self.sock, _MAX_FDS)
+        except (OSError, wire.WireError):
+            return None
+        if message is None:
+            return None
+        if message.get("event") == "ready":
+            wire.close_fds(list(self.namespace_fds.values()))
+            self.namespace_fds = dict(zip(NAMESPACE_KINDS, fds, strict=False))
+            return []
+        if message.get("event") == "command" and len(fds) == _COMMAND_AHEAD_FDS:
+            return fds
+        wire.close_fds(fds)
+        return []
+
+    def command_pid(self) -> int | None:
+        """The command's process forked ahead, as the host sees it: the init's only child."""
+        return _only_child(self.pid)
 
 
 class Shim:
@@ -157,6 +174,7 @@ class Shim:
         # signals the caller caught before this shim took over signals (they go to the command too)
         held: Callable[[], list[int]] | None = None,
         ahead: InitAhead | None = None,  # its init, forked already: run() hands it the plan
+        direct: bool = False,  # the caller handed the plan to the command forked ahead (see InitAhead)
         # the command's outcome as soon as nothing else is left in the sandbox, while its init
         # exits; run() returns once it has (the control fd is no longer read meanwhile)
         on_ended: Callable[[Outcome], None] | None = None,
@@ -170,6 +188,7 @@ class Shim:
         self.on_ready = on_ready
         self.held = held
         self.ahead = ahead
+        self.direct = direct and ahead is not None
         self.on_ended = on_ended
         self.ended_early = False  # on_ended was called before the init was reaped
         self.gated = self.fds.gate is not None
@@ -187,9 +206,6 @@ class Shim:
         self._ready_deadline: float | None = None
         self._kill_deadline: float | None = None
         self._watched: dict[int, list[Callable[[], bool]]] = {}
-        self._planned = False  # the plan went to the init (and maybe to the command forked ahead)
-        self._command_ahead: list[int] = []  # its socket and report pipe, as its init sent them
-        self._report: int | None = None  # the command's report pipe, when this process hands it the plan
 
     def watch(self, fd: int, handler: Callable[[], bool]) -> None:
         """Call `handler` whenever `fd` is readable while the sandbox runs, until it returns
@@ -252,43 +268,18 @@ class Shim:
         return ours
 
     def _hand_plan_ahead(self, ahead: InitAhead) -> wire.Socket:
-        """The init forked ahead gets the plan, the stdio, the netns and the gate. Where its view
-        made ahead is the plan's, without a terminal or gate, the command's process it forked
-        there gets the plan from here at once (two hand-overs fewer on the launch's path), and
-        its exec is reported here."""
+        """The init forked ahead gets the plan, the stdio, the netns and the gate; unless
+        `direct`: the caller gave the command's process forked ahead its plan itself (and read
+        whether its exec worked), and the init, which saw that process take it, only waits for it."""
         if self.fds.join is not None or not self.plan.new_pid_namespace:
             raise ValueError("an init forked ahead makes a sandbox of its own, it joins none")
-        plan = self.plan.to_dict()
-        while select.select([ahead.sock], [], [], 0)[0] and self._on_message(ahead.sock):
-            pass  # what the init said ahead: its namespaces, its command's process
-        direct = self._hand_to_command_ahead(ahead, plan)
-        extra = [fd for fd in (self.fds.netns, self.fds.gate) if fd is not None]
-        message = {"plan": plan, "netns": self.fds.netns is not None, "gate": self.gated, "direct": direct}
-        wire.send(ahead.sock, message, [self.fds.stdin, self.fds.stdout, self.fds.stderr, *extra])
+        self.namespace_fds, ahead.namespace_fds = ahead.namespace_fds, {}
         self.init_pid = ahead.pid
+        if not self.direct:
+            extra = [fd for fd in (self.fds.netns, self.fds.gate) if fd is not None]
+            message = {"plan": self.plan.to_dict(), "netns": self.fds.netns is not None, "gate": self.gated}
+            wire.send(ahead.sock, message, [self.fds.stdin, self.fds.stdout, self.fds.stderr, *extra])
         return ahead.sock
-
-    def _hand_to_command_ahead(self, ahead: InitAhead, plan: dict[str, Any]) -> bool:
-        """Give the command's process forked ahead its plan, if its view is the plan's; whether
-        it was given. Its report pipe is read from then on (nothing before its exec worked)."""
-        offered, self._command_ahead = self._command_ahead, []
-        self._planned = True
-        same_view = ahead.view is not None and self.plan.view_added_to(ahead.view) == ()
-        if len(offered) != _COMMAND_AHEAD_FDS or not same_view or self.gated or self.plan.tty:
-            wire.close_fds(offered)  # the init hands the plan on, once it has made the view
-            return False
-        command = wire.Socket(fileno=offered[0])
-        try:
-            wire.send(
-                command, {"plan": plan, "tty": False, "gate": False}, [self.fds.stdin, self.fds.stdout, self.fds.stderr]
-            )
-        except OSError:  # it is gone: the init finds out, as without this
-            os.close(offered[1])
-            return False
-        finally:
-            command.close()
-        self._report = offered[1]
-        return True
 
     def _child_stdio(self) -> None:
         for fd, target in ((self.fds.stdin, 0), (self.fds.stdout, 1), (self.fds.stderr, 2)):
@@ -303,7 +294,7 @@ class Shim:
         raw = relay is not None and terminal.is_terminal(self.fds.stdin)
         with terminal.RawMode(self.fds.stdin, enabled=raw):
             while self._init_status is None:
-                readers = [signal_fd, sock.fileno(), *self._own_readers(control), *self._watched]
+                readers = [signal_fd, sock.fileno(), *([control] if control is not None else []), *self._watched]
                 if relay is not None:
                     readers += relay.readers(self._master)
                 try:
@@ -311,8 +302,6 @@ class Shim:
                 except InterruptedError:
                     continue
                 self._check_ready()
-                if self._report is not None and self._report in ready:
-                    self._on_report(self._report)
                 if sock.fileno() in ready:
                     self._on_message(sock)
                 if signal_fd in ready:
@@ -328,10 +317,6 @@ class Shim:
                 pass  # what the init said before it exited
             if relay is not None and self._master is not None:
                 relay.drain(self._master)
-
-    def _own_readers(self, control: int | None) -> list[int]:
-        """The command's report pipe (while it is read here) and the controller's requests."""
-        return [fd for fd in (self._report, control) if fd is not None]
 
     def _on_watched(self, ready: list[int]) -> None:
         # handlers of one fd take its answers in the order they were asked for: an early
@@ -428,11 +413,7 @@ class Shim:
                 self._master = fds[len(NAMESPACE_KINDS)]
                 terminal.copy_window_size(self.fds.stdin, self._master)
         elif event == "command":
-            if self._planned:
-                wire.close_fds(fds)  # too late: the init hands the plan on itself
-            else:
-                wire.close_fds(self._command_ahead)
-                self._command_ahead = fds
+            wire.close_fds(fds)  # offered after the plan came: the init hands the plan on itself
         elif event == "started":
             self._command_started()
         elif event == "exited":
@@ -446,22 +427,6 @@ class Shim:
             self._outcome.failure_code = int(message.get("code", EXIT_SETUP_FAILED))
         return True
 
-    def _on_report(self, fd: int) -> None:
-        """The command's process forked ahead, given its plan here: the end of the pipe at its
-        exec, or why it failed, written just before it exits (read to the end at once, so that
-        it is known before the init reports the exit)."""
-        text = b""
-        while chunk := os.read(fd, _CHUNK):
-            text += chunk
-        os.close(fd)
-        self._report = None
-        if not text:
-            self._command_started()
-            return
-        code, _, message = text.decode(errors="replace").partition(" ")
-        self._outcome.failure = message
-        self._outcome.failure_code = int(code) if code.isdigit() else EXIT_SETUP_FAILED
-
     def _command_started(self) -> None:
         self.command_pid = self._command_host_pid()
         if self.ready is not None:
@@ -473,12 +438,7 @@ class Shim:
 
     def _command_host_pid(self) -> int | None:
         """The command's pid as the host sees it: the init's only child."""
-        try:
-            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children") as source:
-                children = source.read().split()
-        except OSError:
-            return None
-        return int(children[0]) if children else None
+        return _only_child(self.init_pid) if self.init_pid is not None else None
 
     def _on_control(self, fd: int) -> bool:
         """A request from the controller; False once it is gone (then the sandbox ends)."""
@@ -497,6 +457,15 @@ class Shim:
         elif request.get("op") == "kill":
             self.kill()
         return True
+
+
+def _only_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as source:
+            children = source.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
 
 
 def _own_pid_namespace_for_children() -> None:

@@ -4,11 +4,18 @@
 Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message, descriptors beside it):
   caller -> shim   {"view": plan} with the netns fd, first, optionally (with AHEAD): the view of the
                    plan the sandbox was set up with, which its init forked ahead builds meanwhile
-  caller -> shim   {"plan": ..., "log": bool, "netns": bool, "join": [kinds]} with the log (if "log": it
-                   becomes the shim's stdout and stderr), the netns fd (if "netns"), the published
-                   ports' sockets (held for the sandbox's life), or the joined namespaces' fds
+  shim -> caller   {"event": "ahead", and what "started" says} with the socket and the report pipe
+                   of the command's process the init forked in that view, once it stands: the
+                   caller may give that process a plan of that view itself ({"plan", "tty": False,
+                   "gate": False} with stdin, stdout, stderr); the report pipe ends at its exec, or
+                   says why it failed; the init sees it take the plan (the end of its socket)
+  caller -> shim   {"plan": ..., "log": bool, "netns": bool, "join": [kinds], "direct": bool} with the log
+                   (if "log": it becomes the shim's stdout and stderr), the netns fd (if "netns"), the
+                   published ports' sockets (held for the sandbox's life), or the joined namespaces'
+                   fds; "direct": the caller gave the plan to the command's process made ahead
   shim -> caller   {"event": "planned"} at once, if the caller asked for it ("ack")
   shim -> caller   {"event": "started", "init_pid", "command_pid", "namespaces": {kind: fd}, "inodes": {kind: ino}}
+                   (not after "direct": the caller knows it from "ahead" and the report pipe)
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
   caller -> shim   {"op": "release"} half-way through the teardown: close the namespaces (and the ports)
@@ -22,6 +29,7 @@ Stdlib only, and light: this runs with `-S`, without site-packages, at every lau
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 from nsrun.process import signals, wire
@@ -83,16 +91,48 @@ def _take_output(log: int) -> None:
     os.close(log)
 
 
-def _pass_view(ahead: InitAhead | None, request: dict[str, Any], fds: list[int]) -> None:
-    """The view goes to the init forked ahead, with the netns, and is built while the plan comes."""
+def _pass_view(ahead: InitAhead | None, request: dict[str, Any], fds: list[int]) -> bool:
+    """The view goes to the init forked ahead, with the netns, and is built while the plan comes;
+    whether it went."""
     try:
         if ahead is not None and fds:
             wire.send(ahead.sock, {"view": request["view"]}, fds[:1])
-            ahead.sent_view(ProcessPlan.from_dict(request["view"]))
-    except (OSError, ValueError):
-        pass  # the init is gone (the plan's hand-over says so), or the view is none it builds
+            return True
+    except OSError:
+        pass  # the init is gone: the plan's hand-over says so
     finally:
         wire.close_fds(fds)
+    return False
+
+
+def _offer_command(sock: wire.Socket, ahead: InitAhead, offered: list[int]) -> None:
+    """The init forked the command's process in its view made ahead: the caller gets it (its
+    socket and report pipe) with what "started" would say, to give it a plan of that view itself."""
+    command_pid = ahead.command_pid()
+    if command_pid is not None and ahead.namespace_fds:
+        inodes = {kind: os.fstat(fd).st_ino for kind, fd in ahead.namespace_fds.items()}
+        event = {"init_pid": ahead.pid, "command_pid": command_pid, "namespaces": ahead.namespace_fds, "inodes": inodes}
+        try:
+            wire.send(sock, {"event": "ahead", **event}, offered)
+        except OSError:
+            pass  # the caller is gone: the wait for the plan ends
+    wire.close_fds(offered)
+
+
+def _await_plan(sock: wire.Socket, ahead: InitAhead) -> None:
+    """Until the caller's plan comes, what the init says ahead is taken in: its view's
+    namespaces, then the command's process, offered to the caller. What it says after that
+    (once that process ran) is for `Shim.run`."""
+    watched = [sock.fileno(), ahead.sock.fileno()]
+    while len(watched) > 1:
+        if sock.fileno() in select.select(watched, [], [])[0]:
+            return
+        offered = ahead.receive_ahead()
+        if offered is None:
+            watched.remove(ahead.sock.fileno())  # it is gone: the plan's hand-over says so
+        elif offered:
+            _offer_command(sock, ahead, offered)
+            return
 
 
 def _receive_plan(sock: wire.Socket, ahead: InitAhead | None) -> tuple[dict[str, Any], list[int], ProcessPlan]:
@@ -101,7 +141,8 @@ def _receive_plan(sock: wire.Socket, ahead: InitAhead | None) -> tuple[dict[str,
     try:
         request, fds = wire.receive(sock, _MAX_FDS)
         if request is not None and "view" in request:
-            _pass_view(ahead, request, fds)
+            if _pass_view(ahead, request, fds) and ahead is not None:
+                _await_plan(sock, ahead)
             request, fds = wire.receive(sock, _MAX_FDS)
         if request is None:
             os._exit(1)  # the caller went away before sending the plan
@@ -144,7 +185,14 @@ def main() -> NoReturn:
 
     # a sandbox of its own ends as soon as its command has and nothing else is left in it: the
     # caller's teardown goes on while the init exits (and is reaped before this process exits)
-    shim = Shim(plan, shim_fds, on_started=started, ahead=ahead if not join else None, on_ended=None if join else ended)
+    shim = Shim(
+        plan,
+        shim_fds,
+        on_started=started,
+        ahead=ahead if not join else None,
+        direct=bool(request.get("direct")),
+        on_ended=None if join else ended,
+    )
     outcome = shim.run()
     if not shim.ended_early:
         ended(outcome)

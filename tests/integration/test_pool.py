@@ -120,9 +120,11 @@ def test_killed_spares_are_passed_over_and_a_killed_program_leaks_nothing(world:
     program.stdin.write("go\n")
     program.stdin.flush()
     time.sleep(0.5)
-    subprocess.run(["kill", "-9", stopped], check=True)  # before it took the plan: nothing of it ran
+    # the first spare is passed over (its command's process died with its shim); the second's
+    # command was given its plan without its shim, and started: it ends when the shim is killed
+    subprocess.run(["kill", "-9", stopped], check=True)
     ended = [program.stdout.readline().split() for _ in range(2)]
-    assert [code for code, _ in ended] == ["7", "8"]
+    assert [code for code, _ in ended] == ["-9", "8"]
     world.wait_for(lambda: len(_records(world)) == 2, what="the pool to make spares again")
     program.send_signal(signal.SIGKILL)  # the program dies with its pool open: the spares' shims go with it
     program.wait()
@@ -351,3 +353,52 @@ def test_a_pooled_command_is_confined_as_one_set_up_at_once(world: World) -> Non
         assert pooled.split()[-2:] == ["nsrun-init", "4"]  # PID 1, sh, ls, grep: its own PID namespace
     assert "CapEff:\t0000000000000000" in pairs[1][1]  # nobody holds none
     assert pairs[2][1] != pairs[0][1]  # NET_ADMIN added
+
+
+GIVEN_DIRECTLY = """
+import os, sys, time
+from nsrun import Pool, Sandbox
+from nsrun.errors import CommandError
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+with Pool(size=2) as pool:
+    def settled():
+        while pool.ready < 2:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        return open_fds()
+    before = settled()
+    for _ in range(10):
+        Sandbox(["true"], pool=pool).start().wait()
+    print(settled() - before, flush=True)  # what ten launches left open in this process
+    listing = Sandbox(["ls", "/proc/self/fd"], pool=pool)
+    print(listing.start().wait(), listing.logs().split(), flush=True)
+    for argv in (["/etc/hostname"], ["no-such-command"]):
+        try:
+            Sandbox(argv, pool=pool).start()
+        except CommandError as err:
+            print(err.exit_code, flush=True)
+    trapped = Sandbox(["sh", "-c", "trap 'exit 7' TERM; echo up; while :; do sleep 0.05; done"], pool=pool).start()
+    trapped.wait_for_log("up")
+    print(trapped.id, flush=True)
+    sys.stdin.readline()
+    print(trapped.stop(timeout=5), flush=True)
+"""
+
+
+def test_a_command_given_its_plan_directly_is_as_one_the_init_starts(world: World) -> None:
+    # a plan of the view made ahead goes from the caller to the command's process forked there;
+    # nothing of nsrun's reaches the command, the caller keeps nothing open, exec failures say
+    # why, and the command is joined and signalled through its init as any other
+    program = world.popen(sys.executable, "-c", GIVEN_DIRECTLY, stdin=subprocess.PIPE)
+    assert program.stdout is not None
+    lines = [program.stdout.readline().strip() for _ in range(5)]
+    assert lines[0] == "0"  # no descriptor left behind by ten launches
+    assert lines[1] == "0 ['0', '1', '2', '3']"  # its stdio, and ls's own listing of the directory
+    assert lines[2:4] == ["126", "127"]  # not executable; not found
+    sandbox_id = lines[4]
+    joined = world.nsrun("exec", sandbox_id, "--", "cat", "/proc/1/comm")
+    assert (joined.returncode, joined.stdout) == (0, "nsrun-init\n"), joined.stderr
+    out, _ = program.communicate("\n", timeout=30)
+    assert out.strip() == "7"  # SIGTERM reached its trap through the shim and the init
+    assert program.returncode == 0
