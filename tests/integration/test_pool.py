@@ -167,15 +167,21 @@ def test_a_shim_that_ends_before_its_plan_says_why_and_leaves_nothing(world: Wor
     assert world.snapshot() == before
 
 
-def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tmp_path: Path) -> None:
-    # a spare's init builds its view (/proc, /sys, /dev, /etc files) while it waits: a command's
-    # tmpfs go on top of it; with volumes (their sources opened as the host sees them) or
-    # --read-only, it is built anew
+def _volume_and_scratch(tmp_path: Path) -> tuple[Path, Path]:
+    """A directory to mount as a volume (holding `note`), and an empty one for a tmpfs."""
     shared = tmp_path / "shared"
     shared.mkdir()
     (shared / "note").write_text("from the host\n")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    return shared, scratch
+
+
+def test_a_spares_view_made_ahead_takes_the_commands_own_mounts(world: World, tmp_path: Path) -> None:
+    # a spare's init builds its view (/proc, /sys, /dev, /etc files) while it waits: a command's
+    # tmpfs go on top of it; with volumes (their sources opened as the host sees them) or
+    # --read-only, it is built anew
+    shared, scratch = _volume_and_scratch(tmp_path)
     script = tmp_path / "views.py"
     script.write_text(
         textwrap.dedent(f"""
@@ -272,11 +278,7 @@ with Pool(size=2) as pool:
 def test_exec_enters_the_view_a_pooled_command_runs_in(world: World, tmp_path: Path) -> None:
     # a spare's init reports its namespaces once its view made ahead stands; a command whose view
     # is built anew (volumes) has those reported again: `nsrun exec` must enter the command's
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    (shared / "note").write_text("from the host\n")
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    shared, scratch = _volume_and_scratch(tmp_path)
     program = world.popen(sys.executable, "-c", EXEC_INTO.format(scratch=scratch, shared=shared), stdin=subprocess.PIPE)
     assert program.stdout is not None
     kept, anew = program.stdout.readline().split()
