@@ -109,7 +109,7 @@ class ViewAhead:
             self.command = CommandAhead()
         except OSError:
             return  # no fork now (no memory): it is forked when the plan comes
-        # the shim may hand the plan to the command itself, and learn of its exec (see run_init)
+        # the shim offers it to the caller, which may give it the plan itself (see run_init_ahead)
         _send(sock, {"event": "command"}, [self.command.sock.fileno(), self.command.report])
 
     def complete(self, plan: ProcessPlan) -> bool:
@@ -162,7 +162,7 @@ class CommandAhead:
         return self.pid, _read_report(self.report)
 
     def hand_off(self) -> int:
-        """The shim gave it the plan and reads its report: this process keeps only its pid."""
+        """The caller gave it the plan and reads its report: this process keeps only its pid."""
         self.sock.close()
         os.close(self.report)
         return self.pid
@@ -319,8 +319,8 @@ def _given_elsewhere(sock: wire.Socket, command: CommandAhead) -> bool:
 
 def _run_direct(sock: wire.Socket, ahead: ViewAhead) -> NoReturn:
     """The caller gave the command forked ahead its plan itself (and reads whether its exec
-    worked; the shim gets the plan from it too, and sends nothing here): this init only waits
-    for the command, as `run_init` does once it runs."""
+    worked; the shim gets the plan from the caller too, and sends nothing here): this init only
+    waits for the command, as `run_init` does once it runs."""
     if ahead.command is None:
         os._exit(EXIT_SETUP_FAILED)
     os.close(ahead.host_mnt)  # its view stays as it was made
