@@ -111,6 +111,10 @@ class LeaseStore:
         files.write_file(self.directory / _LAST_RESERVED, lease.address)
         return True
 
+    def any_partial(self) -> bool:
+        """Whether `sweep_partial` would remove anything (or a reservation is under way)."""
+        return self.directory.is_dir() and any(files.is_partial(entry.name) for entry in os.scandir(self.directory))
+
     def sweep_partial(self) -> None:
         """Remove leftovers of reservations that crashed; call under `locked()`."""
         if not self.directory.is_dir():

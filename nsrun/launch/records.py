@@ -149,18 +149,21 @@ def corrupt_records(dirs: StateDirs | None = None) -> list[NsrunError]:
 
 def reclaim_stale(dirs: StateDirs, network: str | None = None) -> None:
     """Everything dead sandboxes left: their records (with their rules, names and veths) and,
-    on `network`, their leases; its hosts file rebuilt from what is left."""
+    on `network`, their leases; its hosts file rebuilt from what is left. The locks are taken
+    only where there is something to reclaim: this runs in the background at the lowest
+    priority, and a launch waiting for a lock it held would wait for it to get a CPU."""
     import contextlib
 
     from nsrun.net import netlink
     from nsrun.networks import manager
 
-    live_sandboxes(dirs)
+    if registry(dirs).any_stale(is_stale):
+        live_sandboxes(dirs)
     if network is None:
         return
     spec = manager.network_store(dirs).get(network)
     store = manager.lease_store(dirs, network)
-    if spec is None or not store.directory.is_dir():
+    if spec is None or not store.directory.is_dir() or not manager.any_stale_lease(store):
         return
     with contextlib.closing(netlink.Rtnl()) as ipr, store.locked():
         manager.sweep_stale_leases(ipr, store)

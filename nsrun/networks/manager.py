@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NetworkExistsError",
+    "any_stale_lease",
     "create_network",
     "ensure_host_side",
     "ensure_loaded",
@@ -329,6 +330,11 @@ def _is_stale(lease: Lease) -> bool:
     if liveness.holder_alive(lease.pid, lease.start_time, lease.pidns):
         return False
     return not (lease.attached and liveness.attachment_alive(lease.veth))
+
+
+def any_stale_lease(store: LeaseStore) -> bool:
+    """Whether `sweep_stale_leases` would reclaim anything; read without the address lock."""
+    return store.any_partial() or any(_is_stale(lease) for lease in store.leases())
 
 
 def sweep_stale_leases(ipr: Rtnl, store: LeaseStore) -> int:

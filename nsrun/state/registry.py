@@ -264,6 +264,14 @@ class Registry:
         with self.locked():
             return self._sweep(is_stale)
 
+    def any_stale(self, is_stale: Callable[[SandboxRecord], bool]) -> bool:
+        """Whether `live` would reclaim anything: a stale record, or a half-written one (which
+        may also be a write under way). Read without the lock, which it leaves to launches: a
+        reclaim in the background, at low priority, must not hold it while it reads them all."""
+        if self.directory.is_dir() and any(files.is_partial(name) for name in os.listdir(self.directory)):
+            return True
+        return any(isinstance(item, SandboxRecord) and is_stale(item) for item in self._scan())
+
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         """The record of that sandbox (live or stale), or None; CorruptStateError if it is not one."""
         if not ID_RE.fullmatch(sandbox_id):
