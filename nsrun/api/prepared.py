@@ -148,10 +148,14 @@ class Prepared:
             if message is None or message.get("event") != "ahead" or len(fds) != _AHEAD_FDS:
                 wire.close_fds(fds)
                 return None
-            namespaces = {str(kind): int(fd) for kind, fd in dict(message["namespaces"]).items()}
-            inodes = {str(kind): int(inode) for kind, inode in dict(message["inodes"]).items()}
-            started = Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes)
-            self.ahead = CommandAhead(socket.socket(fileno=fds[0]), fds[1], started)
+            try:
+                namespaces = {str(kind): int(fd) for kind, fd in dict(message["namespaces"]).items()}
+                inodes = {str(kind): int(inode) for kind, inode in dict(message["inodes"]).items()}
+                started = Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes)
+                self.ahead = CommandAhead(socket.socket(fileno=fds[0]), fds[1], started)
+            except (KeyError, TypeError, ValueError, OSError):
+                wire.close_fds(fds)
+                return None  # none usable: the plan goes through the shim and the init
         return self.ahead
 
     @property
