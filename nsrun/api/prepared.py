@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 __all__ = ["CommandAhead", "Prepared", "shim_command"]
 
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parents[2])
-_AHEAD_FDS: Final = 2  # the command's process forked ahead: its socket, its report pipe
 
 
 def shim_command(control: int, *, ahead: bool = False) -> list[str]:
@@ -138,20 +137,18 @@ class Prepared:
         """The command's process its init forked in the view made ahead, if its shim offered it
         by now (it does once that view stands)."""
         from nsrun.process import wire
-        from nsrun.process.shim import Started
+        from nsrun.process.shim import COMMAND_AHEAD_FDS, Started
 
         if self.ahead is None:
             try:
-                message, fds = wire.receive(self.control, _AHEAD_FDS, socket.MSG_DONTWAIT)
+                message, fds = wire.receive(self.control, COMMAND_AHEAD_FDS, socket.MSG_DONTWAIT)
             except (OSError, wire.WireError):
                 return None  # none yet (or the shim is gone: the hand-over finds out)
-            if message is None or message.get("event") != "ahead" or len(fds) != _AHEAD_FDS:
+            if message is None or message.get("event") != "ahead" or len(fds) != COMMAND_AHEAD_FDS:
                 wire.close_fds(fds)
                 return None
             try:
-                namespaces = {str(kind): int(fd) for kind, fd in dict(message["namespaces"]).items()}
-                inodes = {str(kind): int(inode) for kind, inode in dict(message["inodes"]).items()}
-                started = Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes)
+                started = Started.from_message(message)
                 self.ahead = CommandAhead(socket.socket(fileno=fds[0]), fds[1], started)
             except (KeyError, TypeError, ValueError, OSError):
                 wire.close_fds(fds)

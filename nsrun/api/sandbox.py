@@ -313,9 +313,7 @@ class Sandbox:
                 None,  # the init's message says what to do where it knows (as the CLI shows it)
                 exit_code=int(message.get("code", 125)),
             )
-        namespaces = {kind: int(fd) for kind, fd in message["namespaces"].items()}
-        inodes = {kind: int(inode) for kind, inode in dict(message.get("inodes") or {}).items()}
-        self._note_started(launch, Started(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes))
+        self._note_started(launch, Started.from_message(message))
 
     def _note_started(self, launch: Launch, started: Started) -> None:
         self._started = {"init_pid": started.init_pid, "command_pid": started.command_pid}

@@ -111,17 +111,16 @@ class LeaseStore:
         files.write_file(self.directory / _LAST_RESERVED, lease.address)
         return True
 
-    def any_partial(self) -> bool:
-        """Whether `sweep_partial` would remove anything (or a reservation is under way)."""
-        return self.directory.is_dir() and any(files.is_partial(entry.name) for entry in os.scandir(self.directory))
+    def partials(self) -> list[str]:
+        """Names of leftovers of reservations that crashed (or of reservations under way)."""
+        if not self.directory.is_dir():
+            return []
+        return [entry.name for entry in os.scandir(self.directory) if files.is_partial(entry.name)]
 
     def sweep_partial(self) -> None:
         """Remove leftovers of reservations that crashed; call under `locked()`."""
-        if not self.directory.is_dir():
-            return
-        for entry in os.scandir(self.directory):
-            if files.is_partial(entry.name):
-                files.remove_file(self.directory / entry.name)
+        for name in self.partials():
+            files.remove_file(self.directory / name)
 
     def release(self, lease: Lease) -> None:
         """Remove the lease if it is still this sandbox's; a missing file counts as released.

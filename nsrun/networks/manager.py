@@ -334,7 +334,7 @@ def _is_stale(lease: Lease) -> bool:
 
 def any_stale_lease(store: LeaseStore) -> bool:
     """Whether `sweep_stale_leases` would reclaim anything; read without the address lock."""
-    return store.any_partial() or any(_is_stale(lease) for lease in store.leases())
+    return bool(store.partials()) or any(_is_stale(lease) for lease in store.leases())
 
 
 def sweep_stale_leases(ipr: Rtnl, store: LeaseStore) -> int:

@@ -33,14 +33,14 @@ if TYPE_CHECKING:
 
     from nsrun.process.plan import ProcessPlan
 
-__all__ = ["InitAhead", "Outcome", "Shim", "ShimFds", "Started", "exit_status"]
+__all__ = ["COMMAND_AHEAD_FDS", "InitAhead", "Outcome", "Shim", "ShimFds", "Started", "exit_status"]
 
 _CHUNK: Final = 65536
 _MAX_FD: Final = 1 << 20
 _READY_POLL: Final = 0.05
 _STOP_GRACE: Final = 5.0  # after SIGTERM of a sandbox that never got ready, SIGKILL
 _MAX_FDS: Final = 8
-_COMMAND_AHEAD_FDS: Final = 2  # the socket to the command's process forked ahead, its report pipe
+COMMAND_AHEAD_FDS: Final = 2  # the socket to the command's process forked ahead, its report pipe
 # left to their default action on the shim itself: a shim in the background that touches the
 # terminal stops, as any job does, and its shell takes the terminal back
 _NOT_FORWARDED: Final = frozenset({signals.SIGTTIN, signals.SIGTTOU})
@@ -92,6 +92,28 @@ class Started:
         self.command_pid = command_pid
         self.namespace_fds = namespace_fds
         self.namespace_inodes = namespace_inodes or {}
+
+    @classmethod
+    def pinned(cls, init_pid: int, command_pid: int, namespace_fds: dict[str, int]) -> Started:
+        """As the shim that holds `namespace_fds` reports it: with their inode numbers."""
+        inodes = {kind: os.fstat(fd).st_ino for kind, fd in namespace_fds.items()}
+        return cls(init_pid, command_pid, dict(namespace_fds), inodes)
+
+    def to_message(self) -> dict[str, Any]:
+        """What "started" (and the offer of a command's process made ahead) says of it."""
+        return {
+            "init_pid": self.init_pid,
+            "command_pid": self.command_pid,
+            "namespaces": self.namespace_fds,
+            "inodes": self.namespace_inodes,
+        }
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Started:
+        """The caller's side of `to_message`; KeyError, TypeError or ValueError if it is not one."""
+        namespaces = {str(kind): int(fd) for kind, fd in dict(message["namespaces"]).items()}
+        inodes = {str(kind): int(inode) for kind, inode in dict(message.get("inodes") or {}).items()}
+        return cls(int(message["init_pid"]), int(message["command_pid"]), namespaces, inodes)
 
 
 class Outcome:
@@ -149,7 +171,7 @@ class InitAhead:
             wire.close_fds(list(self.namespace_fds.values()))
             self.namespace_fds = dict(zip(NAMESPACE_KINDS, fds, strict=False))
             return []
-        if message.get("event") == "command" and len(fds) == _COMMAND_AHEAD_FDS:
+        if message.get("event") == "command" and len(fds) == COMMAND_AHEAD_FDS:
             return fds
         wire.close_fds(fds)
         return []
@@ -432,9 +454,7 @@ class Shim:
         if self.ready is not None:
             self._ready_deadline = time.monotonic() + self.ready_timeout
         if self.on_started is not None and self.init_pid is not None:
-            inodes = {kind: os.fstat(fd).st_ino for kind, fd in self.namespace_fds.items()}
-            started = Started(self.init_pid, self.command_pid or self.init_pid, dict(self.namespace_fds), inodes)
-            self.on_started(started)
+            self.on_started(Started.pinned(self.init_pid, self.command_pid or self.init_pid, self.namespace_fds))
 
     def _command_host_pid(self) -> int | None:
         """The command's pid as the host sees it: the init's only child."""

@@ -34,14 +34,14 @@ import sys
 
 from nsrun.process import signals, wire
 from nsrun.process.plan import ProcessPlan
-from nsrun.process.shim import InitAhead, Shim, ShimFds
+from nsrun.process.shim import InitAhead, Shim, ShimFds, Started
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any, Final, NoReturn
 
-    from nsrun.process.shim import Outcome, Started
+    from nsrun.process.shim import Outcome
 
 __all__ = ["AHEAD", "BOOT", "main"]
 
@@ -110,10 +110,9 @@ def _offer_command(sock: wire.Socket, ahead: InitAhead, offered: list[int]) -> N
     socket and report pipe) with what "started" would say, to give it a plan of that view itself."""
     command_pid = ahead.command_pid()
     if command_pid is not None and ahead.namespace_fds:
-        inodes = {kind: os.fstat(fd).st_ino for kind, fd in ahead.namespace_fds.items()}
-        event = {"init_pid": ahead.pid, "command_pid": command_pid, "namespaces": ahead.namespace_fds, "inodes": inodes}
+        started = Started.pinned(ahead.pid, command_pid, ahead.namespace_fds)
         try:
-            wire.send(sock, {"event": "ahead", **event}, offered)
+            wire.send(sock, {"event": "ahead", **started.to_message()}, offered)
         except OSError:
             pass  # the caller is gone: the wait for the plan ends
     wire.close_fds(offered)
@@ -171,13 +170,7 @@ def main() -> NoReturn:
             shim_fds.netns = fds[0]
 
     def started(info: Started) -> None:
-        event = {
-            "init_pid": info.init_pid,
-            "command_pid": info.command_pid,
-            "namespaces": info.namespace_fds,
-            "inodes": info.namespace_inodes,
-        }
-        _send(sock, {"event": "started", **event})
+        _send(sock, {"event": "started", **info.to_message()})
 
     def ended(outcome: Outcome) -> None:
         event = {"status": outcome.status, "failure": outcome.failure, "code": outcome.failure_code}

@@ -268,9 +268,15 @@ class Registry:
         """Whether `live` would reclaim anything: a stale record, or a half-written one (which
         may also be a write under way). Read without the lock, which it leaves to launches: a
         reclaim in the background, at low priority, must not hold it while it reads them all."""
-        if self.directory.is_dir() and any(files.is_partial(name) for name in os.listdir(self.directory)):
+        if self._partials():
             return True
         return any(isinstance(item, SandboxRecord) and is_stale(item) for item in self._scan())
+
+    def _partials(self) -> list[str]:
+        """Names of half-written records (or of writes under way)."""
+        if not self.directory.is_dir():
+            return []
+        return [name for name in os.listdir(self.directory) if files.is_partial(name)]
 
     def get(self, sandbox_id: str) -> SandboxRecord | None:
         """The record of that sandbox (live or stale), or None; CorruptStateError if it is not one."""
@@ -399,10 +405,8 @@ class Registry:
     def _sweep(self, is_stale: Callable[[SandboxRecord], bool]) -> list[SandboxRecord]:
         """Live records; stale ones are reclaimed, half-written ones removed. Call locked."""
         live: list[SandboxRecord] = []
-        if self.directory.is_dir():
-            for name in os.listdir(self.directory):
-                if files.is_partial(name):
-                    files.remove_file(self.directory / name)
+        for name in self._partials():
+            files.remove_file(self.directory / name)
         for item in self._scan():
             if not isinstance(item, SandboxRecord):
                 continue
