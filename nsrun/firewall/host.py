@@ -175,18 +175,11 @@ def remove_sandbox_rules(sandbox_id: str, *, published: bool = True, memo: Path 
     record says so), which spares reading every published port's rule. The bridge table stays:
     it goes with the last network (`remove_bridge_filters`)."""
     with contextlib.suppress(NsrunError), _own_changes(memo):
-        from nsrun.firewall.nftables import NftablesBackend, remove_port_guard_by_name
+        from nsrun.firewall.nftables import NftablesBackend, remove_port_guard
 
-        try:  # most often this alone: no libnftables context is needed then
-            guarded = remove_port_guard_by_name(sandbox_id) == 0
-        except OSError:
-            guarded = False
-        if not guarded or published:
-            nft = NftablesBackend()
-            if not guarded:
-                nft.remove_port_guard(sandbox_id)
-            if published:
-                nft.remove_ports(sandbox_id)
+        remove_port_guard(sandbox_id)  # most often through netlink alone, without libnftables
+        if published:
+            NftablesBackend().remove_ports(sandbox_id)
     if not published:
         return
     from nsrun.firewall.iptables import legacy_table_in_use

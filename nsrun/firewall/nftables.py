@@ -86,18 +86,26 @@ def commits() -> int:
     return int(getattr(_contexts, "commits", 0))
 
 
-def remove_port_guard_by_name(sandbox_id: str) -> int:
-    """`NftablesBackend.remove_port_guard`'s transaction, straight through netlink, without a
-    libnftables context (a thread's first costs 0.2 ms): 0 once committed, else the errno the
-    kernel refused it with (the caller then removes what a listing shows); OSError where
-    nf_tables does not answer."""
+def remove_port_guard(sandbox_id: str, nft: NftablesBackend | None = None) -> None:
+    """Remove the sandbox's bridge-port chain and its entry in the map: by name, one
+    transaction, straight through netlink (libnftables would take most of a millisecond to
+    parse it and fill its cache, and a thread's first context 0.2 ms more: `nft`, a backend
+    with one, is made only if needed). Where netlink does not answer, the same transaction goes
+    through libnftables; where it is refused (nsrun 0.2's jump rule; a half-made filter), what
+    the listing shows of the filter goes. NsrunError where there is no libnftables then."""
     from nsrun.net import netlink
 
     gone = removal(sandbox_id)
-    refused = netlink.delete_nft_objects(gone.family, gone.table, gone.elements, gone.flushed, gone.chains)
+    try:
+        refused: int | None = netlink.delete_nft_objects(
+            gone.family, gone.table, gone.elements, gone.flushed, gone.chains
+        )
+    except OSError:
+        refused = None
     if refused == 0:
         _contexts.commits = commits() + 1  # counted as a transaction through libnftables is
-    return refused
+        return
+    (nft if nft is not None else NftablesBackend()).finish_port_guard_removal(sandbox_id, answered=refused is not None)
 
 
 def in_chain(network: str) -> str:
@@ -203,15 +211,13 @@ class NftablesBackend:
             )
 
     def remove_port_guard(self, sandbox_id: str) -> None:
-        """Remove the sandbox's bridge-port chain and its entry in the map: by name, one
-        transaction, straight through netlink (libnftables would take most of a millisecond to
-        parse it and fill its cache). Where that fails (nsrun 0.2's jump rule; a half-made
-        filter) what the listing shows of it goes."""
-        try:
-            refused = remove_port_guard_by_name(sandbox_id)
-        except OSError:  # no answer through netlink: through libnftables then
-            refused = self._write(removal_script(sandbox_id))[0]
-        if refused != 0:
+        """See the module's `remove_port_guard`."""
+        remove_port_guard(sandbox_id, self)
+
+    def finish_port_guard_removal(self, sandbox_id: str, *, answered: bool) -> None:
+        """Where the transaction through netlink was refused (`answered`), or not answered (then it
+        goes through libnftables first): what the listing shows of the filter goes."""
+        if answered or self._write(removal_script(sandbox_id))[0] != 0:
             self._remove_listed_port_guard(sandbox_id)
 
     def _remove_listed_port_guard(self, sandbox_id: str) -> None:

@@ -347,3 +347,18 @@ def test_a_sandboxs_end_removes_its_port_filter_alone(world: World, tmp_path: Pa
     sandboxes[1].terminate()
     sandboxes[1].wait(timeout=10)
     assert _port_filters(world) == (set(), set())
+
+
+def test_a_half_made_port_filter_is_removed_from_the_listing(world: World, tmp_path: Path) -> None:
+    # a filter whose map entry is already gone (a half-made one): the transaction by name is
+    # refused whole, and what the listing shows of the filter (its chain) goes all the same
+    ready = tmp_path / "ready"
+    sandbox = world.nsrun_popen("--", "sh", "-c", f"touch {ready}; exec sleep 300")
+    world.wait_for(ready.exists, what="the sandbox")
+    (record,) = json.loads(world.nsrun("ls", "--json").stdout)
+    sandbox_id = record["sandbox_id"]
+    _sh(world, f'nft delete element bridge nsrun ports {{ "nsv{sandbox_id}" }}')
+    assert _port_filters(world) == ({f"sb-{sandbox_id}"}, set())
+    sandbox.terminate()
+    sandbox.wait(timeout=10)
+    assert _port_filters(world) == (set(), set())
