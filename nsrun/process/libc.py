@@ -32,9 +32,11 @@ __all__ = [
     "MS_REC",
     "MS_REMOUNT",
     "MS_SLAVE",
+    "attach_tree",
     "capget",
     "capset",
     "capture_c_stdout",
+    "clone_tree",
     "close_range_cloexec",
     "mount",
     "mount_setattr_readonly",
@@ -79,6 +81,10 @@ _SFD_CLOEXEC: Final = os.O_CLOEXEC
 _SIGSET_BYTES: Final = 128
 _SYS_CLOSE_RANGE: Final = 436
 _SYS_MOUNT_SETATTR: Final = 442
+_SYS_OPEN_TREE: Final = 428  # the same number on every architecture (added after the tables merged)
+_SYS_MOVE_MOUNT: Final = 429
+_OPEN_TREE_CLONE: Final = 1
+_MOVE_MOUNT_F_EMPTY_PATH: Final = 0x4
 _CLOSE_RANGE_CLOEXEC: Final = 1 << 2
 _AT_FDCWD: Final = -100
 _AT_RECURSIVE: Final = 0x8000
@@ -236,6 +242,19 @@ def mount_setattr_readonly(path: str, *, readonly: bool = True) -> None:
         _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
     )
     _check(result, f"mount_setattr {path}")
+
+
+def clone_tree(path: str) -> int:
+    """A detached copy of the mount at `path` and of every mount below it, as they are now
+    (open_tree, Linux 5.2): attached later, it shows none of what was mounted meanwhile."""
+    flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
+    return _check(_libc().syscall(_SYS_OPEN_TREE, _AT_FDCWD, path.encode(), flags), f"open_tree {path}")
+
+
+def attach_tree(tree_fd: int, target: str) -> None:
+    """Mount a tree `clone_tree` made on `target` (move_mount, Linux 5.2)."""
+    result = _libc().syscall(_SYS_MOVE_MOUNT, tree_fd, b"", _AT_FDCWD, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH)
+    _check(result, f"move_mount {target}")
 
 
 _C_STDOUT_LOCK = _thread.allocate_lock()  # `stdout` is one stream for the whole process

@@ -54,16 +54,16 @@ def _readonly(path: str) -> None:
     libc.mount_setattr_readonly(path)
 
 
-def _bind(source_fd: int, target: str, *, readonly: bool) -> None:
+def _bind(tree_fd: int, target: str, *, readonly: bool) -> None:
     if not os.path.lexists(target):
         # the request was checked against the host's tree: a missing target is in a tmpfs of the
         # sandbox's own (--read-only's /tmp), where making the mount point changes nothing of the host
-        if stat.S_ISDIR(os.fstat(source_fd).st_mode):
+        if stat.S_ISDIR(os.fstat(tree_fd).st_mode):
             os.makedirs(target, 0o755)
         else:
             os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
             os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
-    libc.mount(f"/proc/self/fd/{source_fd}", target, None, libc.MS_BIND | libc.MS_REC)
+    libc.attach_tree(tree_fd, target)
     # a bind takes the flags of where its source is mounted: under --read-only's read-only tree a
     # volume asked for writable must be made writable again
     libc.mount_setattr_readonly(target, readonly=readonly)
@@ -133,7 +133,7 @@ def _tmpfs(target: str) -> None:
     libc.mount("tmpfs", target, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=1777")
 
 
-def _apply(mount: Mount, sources: dict[str, int]) -> None:
+def _apply(mount: Mount, tree_fd: int | None) -> None:
     kind = mount.kind
     if kind == MountKind.READONLY_ROOT:
         _readonly("/")
@@ -147,8 +147,8 @@ def _apply(mount: Mount, sources: dict[str, int]) -> None:
         _readonly("/sys")
     elif kind == MountKind.DEV:
         _dev(int(mount.source) if mount.source.isdigit() else _TTY_GROUP)
-    elif kind == MountKind.BIND:
-        _bind(sources[mount.source], mount.target, readonly=mount.readonly)
+    elif kind == MountKind.BIND and tree_fd is not None:
+        _bind(tree_fd, mount.target, readonly=mount.readonly)
     elif kind == MountKind.TMPFS:
         _tmpfs(mount.target)
 
@@ -171,21 +171,23 @@ def apply_mounts(mounts: Iterable[Mount]) -> None:
     # nothing mounted from here on may propagate back to the host
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
     plan = list(mounts)
-    # sources are opened before anything is mounted: a private /tmp must not hide a volume's source
-    sources: dict[str, int] = {}
+    # each bind's source is copied, with the mounts below it, before anything is mounted: what
+    # the sandbox mounts (its /etc/hosts, a private /tmp, its /proc) must neither hide a volume's
+    # source nor show up inside it (-v /etc/hosts:/x is the host's file, -v /etc:/x the host's /etc)
+    trees: dict[int, int] = {}
     try:
-        for mount in plan:
-            if mount.kind == MountKind.BIND and mount.source not in sources:
+        for index, mount in enumerate(plan):
+            if mount.kind == MountKind.BIND:
                 try:
-                    sources[mount.source] = os.open(mount.source, os.O_PATH | os.O_CLOEXEC)
+                    trees[index] = libc.clone_tree(mount.source)
                 except OSError as err:
                     raise OSError(err.errno, f"opening {mount.source}: {os.strerror(err.errno or 0)}") from err
-        for mount in plan:
+        for index, mount in enumerate(plan):
             try:
-                _apply(mount, sources)
+                _apply(mount, trees.get(index))
             except OSError as err:
                 where = mount.target or mount.kind
                 raise OSError(err.errno, f"mounting {where}: {os.strerror(err.errno or 0)}") from err
     finally:
-        for fd in sources.values():
+        for fd in trees.values():
             os.close(fd)
