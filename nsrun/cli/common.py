@@ -145,6 +145,12 @@ def print_error(err: BaseException, *, prefix: str = "") -> None:
     print(f"nsrun: {prefix}{err}", file=sys.stderr)  # the one line a user reads
 
 
+def warn_unlisted(corrupt: Sequence[Exception]) -> None:
+    """A listing leaves out what it cannot read: each such file is named on stderr, with its fix."""
+    for err in corrupt:
+        print(f"nsrun: warning: not listed: {err}", file=sys.stderr)
+
+
 def print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from nsrun.cli.common import Command, network_app, print_table, require_root
+from nsrun.cli.common import Command, network_app, print_table, require_root, warn_unlisted
 from nsrun.errors import UsageError
 
 __all__ = ["network_create", "network_inspect", "network_ls", "network_rm"]
@@ -94,9 +94,10 @@ def network_ls() -> None:
     from nsrun.state.paths import StateDirs
 
     dirs = StateDirs()
+    store = manager.network_store(dirs)
     rows = [("NAME", "SUBNET", "GATEWAY", "BRIDGE", "FIREWALL", "MTU", "INTERNAL", "SANDBOXES")]
     with contextlib.closing(_host()) as ipr:
-        for spec in manager.network_store(dirs).all():
+        for spec in store.all():
             users = len(manager.live_leases(dirs, ipr, spec.name))
             mtu = str(spec.mtu or "uplink")
             internal = "yes" if spec.internal else "no"
@@ -104,6 +105,7 @@ def network_ls() -> None:
                 (spec.name, str(spec.subnet), str(spec.gateway), spec.bridge, spec.firewall, mtu, internal, str(users))
             )
     print_table(rows)
+    warn_unlisted(store.corrupt())
 
 
 @network_app.command("inspect", cls=Command, short_help="Show a network as JSON.")

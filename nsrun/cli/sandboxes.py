@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
-from nsrun.cli.common import Command, app, print_error, print_table, require_root
+from nsrun.cli.common import Command, app, print_error, print_table, require_root, warn_unlisted
 from nsrun.errors import EXIT_NSRUN_FAILED, NotFoundError, NsrunError, UsageError
 
 if TYPE_CHECKING:
@@ -42,13 +42,14 @@ def _age(seconds: float) -> str:
 def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List running sandboxes, by name: pid, network, addresses, ports, command, age."""
     require_root()
-    from nsrun.launch.records import live_sandboxes
+    from nsrun.launch.records import corrupt_records, live_sandboxes
     from nsrun.state.registry import record_data
     from nsrun.validate import parse_publish
 
     records = live_sandboxes()
     if as_json:
         typer.echo(json.dumps([record_data(r) | {"age": round(time.time() - r.created, 1)} for r in records], indent=2))
+        warn_unlisted(corrupt_records())
         return
     rows = [("NAME", "PID", "NETWORK", "ADDRESSES", "PORTS", "COMMAND", "AGE")]
     for r in records:
@@ -69,6 +70,7 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
             )
         )
     print_table(rows)
+    warn_unlisted(corrupt_records())
 
 
 @app.command(
