@@ -38,6 +38,8 @@ __all__ = ["COMMAND_AHEAD_FDS", "InitAhead", "Outcome", "Shim", "ShimFds", "Star
 _CHUNK: Final = 65536
 _MAX_FD: Final = 1 << 20
 _READY_POLL: Final = 0.05
+# once the init closed its socket, its end comes as SIGCHLD; this is only a backstop for that
+_GONE_POLL: Final = 0.05
 _STOP_GRACE: Final = 5.0  # after SIGTERM of a sandbox that never got ready, SIGKILL
 _MAX_FDS: Final = 8
 COMMAND_AHEAD_FDS: Final = 2  # the socket to the command's process forked ahead, its report pipe
@@ -314,18 +316,22 @@ class Shim:
         relay = _Relay(self.fds.stdin, self.fds.stdout) if self.plan.tty else None
         control = self.fds.control
         raw = relay is not None and terminal.is_terminal(self.fds.stdin)
+        talking = True  # the init's socket is open; at its end, reading it again would spin
         with terminal.RawMode(self.fds.stdin, enabled=raw):
             while self._init_status is None:
-                readers = [signal_fd, sock.fileno(), *([control] if control is not None else []), *self._watched]
+                readers = [signal_fd, *([sock.fileno()] if talking else [])]
+                readers += [*([control] if control is not None else []), *self._watched]
                 if relay is not None:
                     readers += relay.readers(self._master)
                 try:
-                    ready, _, _ = select.select(readers, [], [], self._poll_interval())
+                    ready, _, _ = select.select(readers, [], [], self._poll_interval(talking))
                 except InterruptedError:
                     continue
                 self._check_ready()
-                if sock.fileno() in ready:
-                    self._on_message(sock)
+                if talking and sock.fileno() in ready:
+                    talking = self._on_message(sock)
+                if not talking:
+                    self._reap()  # the init is exiting: SIGCHLD says when, this is the backstop
                 if signal_fd in ready:
                     self._on_signals(libc.signalfd_read(signal_fd), relay)
                 if control is not None and control in ready and not self._on_control(control):
@@ -350,8 +356,10 @@ class Shim:
                 if not handlers:
                     del self._watched[fd]
 
-    def _poll_interval(self) -> float | None:
-        return _READY_POLL if self._ready_deadline is not None or self._kill_deadline is not None else None
+    def _poll_interval(self, talking: bool) -> float | None:
+        if self._ready_deadline is not None or self._kill_deadline is not None:
+            return _READY_POLL
+        return None if talking else _GONE_POLL
 
     def _check_ready(self) -> None:
         now = time.monotonic()
