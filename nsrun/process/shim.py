@@ -431,7 +431,9 @@ class Shim:
         """Handle one message of the init; False when there was none (it closed its end)."""
         try:
             message, fds = wire.receive(sock, _MAX_FDS)
-        except (OSError, wire.WireError):
+        except wire.WireError:
+            return True  # that message is consumed and skipped: the next may be read
+        except OSError:
             return False
         if message is None:
             return False
