@@ -246,7 +246,8 @@ def mount_setattr_readonly(path: str, *, readonly: bool = True) -> None:
 
 def clone_tree(path: str) -> int:
     """A detached copy of the mount at `path` and of every mount below it, as they are now
-    (open_tree, Linux 5.2): attached later, it shows none of what was mounted meanwhile."""
+    (open_tree, Linux 5.2): attached later, it shows none of what this mount namespace mounted
+    meanwhile (what propagates from the host's mounts still does, as to a bind)."""
     flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
     return _check(_libc().syscall(_SYS_OPEN_TREE, _AT_FDCWD, path.encode(), flags), f"open_tree {path}")
 
