@@ -47,9 +47,9 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
     from nsrun.validate import parse_publish
 
     records = live_sandboxes()
+    warn_unlisted(corrupt_records())  # on stderr: the listing on stdout stays what it was
     if as_json:
         typer.echo(json.dumps([record_data(r) | {"age": round(time.time() - r.created, 1)} for r in records], indent=2))
-        warn_unlisted(corrupt_records())
         return
     rows = [("NAME", "PID", "NETWORK", "ADDRESSES", "PORTS", "COMMAND", "AGE")]
     for r in records:
@@ -70,7 +70,6 @@ def list_sandboxes(as_json: Annotated[bool, typer.Option("--json", help="Print J
             )
         )
     print_table(rows)
-    warn_unlisted(corrupt_records())
 
 
 @app.command(
