@@ -26,14 +26,16 @@ from nsrun.process import signals, wire
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any, Final
+    from typing import Any, Final, NoReturn
 
     from nsrun.process.shim import Started
 
 __all__ = [
+    "ABORT_WAIT",
     "ENV_HELPER",
     "RUN_DIR",
     "SENT",
+    "TAKEN_WAIT",
     "Unavailable",
     "helper_wanted",
     "run_cni",
@@ -46,6 +48,11 @@ RUN_DIR: Final = "/run/nsrun"
 ENV_HELPER: Final = "NSRUN_HELPER"
 _HELPER_OFF: Final = frozenset({"off", "0", "no", "false"})
 _RETRY_AFTER_FAILURE: Final = 60.0
+# seconds: the helper takes a request at once (its main loop only reads it and hands it to a
+# worker; with 100 launches at once, the last within a second); one that does not is stuck
+TAKEN_WAIT: Final = 5.0
+# seconds: a set-up undone on a signal answers within milliseconds; a helper that does not is stuck
+ABORT_WAIT: Final = 5.0
 _ENV_IDLE: Final = "NSRUN_HELPER_IDLE"  # passed on to the helper it starts
 _SO_PEERCRED_FORMAT: Final = "3i"
 _HELPER_BOOT: Final = (
@@ -73,6 +80,11 @@ def _connect(path: str) -> wire.Socket | None:
         sock.close()  # only root's helper is trusted with root's commands
         return None
     return sock
+
+
+def _peer_pid(channel: Channel) -> int:
+    raw = channel.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT))
+    return int(struct.unpack(_SO_PEERCRED_FORMAT, raw)[0])
 
 
 def _helper_starting(run_dir: str) -> bool:
@@ -145,29 +157,62 @@ def connect(run_dir: str = RUN_DIR) -> Channel:
     return Channel(sock)
 
 
+def _unanswered(channel: Channel, timeout: float) -> bool:
+    """Whether nothing came from the helper within `timeout` seconds (a last look after it)."""
+    return not select.select([channel.fileno()], [], [], max(0.0, timeout))[0]
+
+
 class _Waiter:
-    """Waits for the helper's answer; a signal meanwhile asks it to undo the set-up."""
+    """Waits for the helper's answers; a signal meanwhile ends this process, or asks the helper
+    to undo the set-up.
+
+    The helper says at once that it took the request ({"taken"}); only then does this process
+    send its stdio, which is the worker's go-ahead. A helper that does not within TAKEN_WAIT
+    (stopped, hung) is passed over: Unavailable, the command line runs in-process, and the
+    worker, should it ever get to the request, finds the connection closed and does nothing (the
+    request held no descriptor, so none of this process's stays open in the helper's queue). A
+    signal before that ends this process at once (nothing was taken); after it, the helper undoes
+    the set-up and answers, and one that does not within ABORT_WAIT is left: this process dies of
+    the signal, and what the helper made in its name is reclaimed once it is gone."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.aborted: int | None = None
+        self.taken = False
+
+    def await_taken(self) -> tuple[dict[str, Any] | None, list[int]]:
+        """{"taken"}, or the helper's refusal ({"fallback"}; None: it went away)."""
+        message, fds = self._next(time.monotonic() + TAKEN_WAIT)
+        self.taken = message is not None and "taken" in message
+        return message, fds
 
     def receive(self) -> tuple[dict[str, Any] | None, list[int]]:
-        from nsrun.cli.entry import pending_signal
+        """The worker's answer, once the request was taken."""
+        return self._next(None)
+
+    def _next(self, deadline: float | None) -> tuple[dict[str, Any] | None, list[int]]:
+        from nsrun.cli.entry import die_by, pending_signal
 
         wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous = signals.set_wakeup_fd(wake_write)
         try:
             while True:
                 if (signum := pending_signal()) is not None and self.aborted is None:
+                    if not self.taken:
+                        self.channel.close()
+                        die_by(signum)
                     self.aborted = signum
+                    deadline = time.monotonic() + ABORT_WAIT
                     try:
                         self.channel.send({"abort": signum})
                     except OSError:
                         pass  # the helper is gone: its answer (none) says so
-                ready, _, _ = select.select([self.channel.fileno(), wake_read], [], [])
+                timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
+                ready, _, _ = select.select([self.channel.fileno(), wake_read], [], [], timeout)
                 if self.channel.fileno() in ready:
                     return self.channel.receive()
+                if not ready and _unanswered(self.channel, 0):
+                    self._give_up()
                 try:
                     os.read(wake_read, 64)
                 except BlockingIOError:
@@ -176,6 +221,21 @@ class _Waiter:
             signals.set_wakeup_fd(previous)
             os.close(wake_read)
             os.close(wake_write)
+
+    def _give_up(self) -> NoReturn:
+        from nsrun.cli.entry import die_by
+
+        pid = _peer_pid(self.channel)
+        self.channel.close()
+        if self.aborted is not None:
+            die_by(self.aborted)
+        # one line: why this command line waited, and that it runs in-process now
+        sys.stderr.write(
+            f"nsrun: warning: the warm helper (pid {pid}) did not take the command within {TAKEN_WAIT:g}s:"
+            f" running it in-process (if it stays so, `kill {pid}`: the next launch starts another)\n"
+        )
+        sys.stderr.flush()
+        raise Unavailable("the helper did not take the request")
 
 
 class _HelperController:
@@ -382,17 +442,24 @@ def _ask(argv: list[str], *, detached: bool) -> tuple[Channel, dict[str, Any], l
     one came meanwhile). Unavailable whenever the helper cannot be used, whatever the reason:
     nothing has run yet, so the command line runs in-process instead."""
     channel = connect()
+    waiter = _Waiter(channel)
     try:
-        channel.send(_request(argv, detached=detached), [0, 1, 2])
-        _load_shim()
-        waiter = _Waiter(channel)
-        message, fds = waiter.receive()
+        channel.send(_request(argv, detached=detached))
+        message, fds = waiter.await_taken()
+        if waiter.taken:
+            channel.send({"stdio": True}, [0, 1, 2])  # the worker's go-ahead
+            _load_shim()
+            message, fds = waiter.receive()
     except Exception as err:  # a closed stdio descriptor, a helper that just went away
         channel.close()
         raise Unavailable(str(err)) from err
     if message is None or "fallback" in message:
         channel.close()
         wire.close_fds(fds)
+        if waiter.aborted is not None:
+            from nsrun.cli.entry import die_by
+
+            die_by(waiter.aborted)  # nothing runs in-process now; what the helper made is reclaimed
         if message is None:
             _reclaim_own()
         raise Unavailable(str(message.get("fallback") if message else "the helper went away"))
@@ -443,10 +510,18 @@ def run_cni(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
     channel = connect()
     try:
         try:
-            channel.send({"version": version(), "cni": {"env": env, "stdin": stdin}})
+            channel.send({"version": version(), "cni": True})
         except OSError as err:
             raise Unavailable(str(err)) from err
+        if _unanswered(channel, TAKEN_WAIT) and _unanswered(channel, 0):
+            raise Unavailable("the helper did not take the call")  # its worker will find this closed
         message, fds = channel.receive()
+        if message is not None and "taken" in message:
+            try:
+                channel.send({"cni": {"env": env, "stdin": stdin}})  # the worker's go-ahead
+            except OSError as err:
+                raise Unavailable(str(err)) from err  # not sent: its worker does nothing
+            message, fds = channel.receive()
     finally:
         channel.close()
     wire.close_fds(fds)

@@ -1,17 +1,24 @@
 """The warm helper's protocol: marshalled dicts over a SOCK_SEQPACKET unix socket, descriptors
 beside them (`nsrun.process.wire`). Light: the client imports it on every launch.
 
-    client -> helper   {"version", "argv", "env", "cwd", "umask", "detached"} + its stdin, stdout, stderr
-    helper -> client   {"exit": N}                                   a command that is not a launch ran
+    client -> helper   {"version", "argv", "env", "cwd", "umask", "detached"}      (no descriptor)
+    helper -> client   {"taken": true}                               at once: a worker has the request
                        {"fallback": why}                             run in-process instead
+    client -> worker   {"stdio": true} + its stdin, stdout, stderr   the go-ahead, only after "taken"
+    helper -> client   {"exit": N}                                   a command that is not a launch ran
                        {"detach": true}                              fork, then ask again from the child
                        {"launch": {...}} + netns fd, port sockets    be the sandbox's shim
     client -> helper   {"abort": signum}                             while it sets up: undo, then {"exit"}
                        {"started": {...}}  -> {"ok": true}           the command runs
                        {"ended": {"status", "ran", "id", "entry"}} -> {"release"}, {"done": [failures]}
     EOF from the client before "ended" (it was killed) is a teardown too.
-    client -> helper   {"version", "cni": {"env", "stdin"}}               a CNI call (`nsrun-cni`)
+    client -> helper   {"version", "cni": true}                      a CNI call (`nsrun-cni`)
+    helper -> client   {"taken": true}
+    client -> worker   {"cni": {"env", "stdin"}}                     the go-ahead
     worker -> client   {"cni": [status, stdout]}
+A client that gets no "taken" within its wait (a helper stopped or hung) runs the command line
+itself and closes the connection; a worker that then finds no go-ahead does nothing. Nothing of
+the client's (no descriptor) waits in a stuck helper's queue: its output ends with it.
 A client of another nsrun (or another Python: marshal's format is the interpreter's) is told to
 fall back before its request is acted on.
 """

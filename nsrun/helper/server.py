@@ -175,9 +175,8 @@ class Helper:
             request, fds = client.channel.receive()
         except OSError:
             request, fds = None, []
+        wire.close_fds(fds)  # a request holds none: the client's stdio follows "taken", to the worker
         if request is None or refusal is not None or request.get("version") != self.version:
-            for fd in fds:
-                os.close(fd)
             if request is not None:
                 why = refusal or "the helper runs another nsrun"
                 with contextlib.suppress(OSError):
@@ -186,14 +185,18 @@ class Helper:
             if refusal is None and request is not None:
                 self.last_activity = -self.idle  # retire: the next client starts a current one
             return
-        if "cni" in request:
-            # a CNI call: its worker answers the plugin directly; nothing of it to follow here
-            self._dispatch({"job": "cni", "cni": request["cni"]}, client, [])
-            wire.close_fds(fds)
+        try:
+            # at once: a client that waits in vain for it runs the command line itself
+            client.channel.send({"taken": True})
+        except OSError:
             self._drop(client)
             return
-        client.worker = self._dispatch({"job": "request", "pid": client.pid, "request": request}, client, fds)
-        wire.close_fds(fds)
+        if "cni" in request:
+            # a CNI call: its worker answers the plugin directly; nothing of it to follow here
+            self._dispatch({"job": "cni"}, client)
+            self._drop(client)
+            return
+        client.worker = self._dispatch({"job": "request", "pid": client.pid, "request": request}, client)
 
     def _read(self, client: _Client) -> None:
         try:
@@ -245,9 +248,9 @@ class Helper:
             "ran": client.ran,
             "pinned": pinned,
         }
-        client.worker = self._dispatch(job, client, [])
+        client.worker = self._dispatch(job, client)
 
-    def _dispatch(self, job: dict[str, Any], client: _Client, fds: list[int]) -> int | None:
+    def _dispatch(self, job: dict[str, Any], client: _Client) -> int | None:
         """Give the job to a spare (forked now if none is left); its pid, None if it could not
         be given (the client is then dropped: it falls back, or its sandbox is reclaimed)."""
         for_requests = job.get("job") == "request"
@@ -259,7 +262,7 @@ class Helper:
             with contextlib.suppress(OSError):  # still rehearsing at idle priority: its job is due now
                 os.sched_setscheduler(spare.pid, os.SCHED_OTHER, os.sched_param(0))
             try:
-                wire.send(spare.sock, job, [client.channel.fileno(), *fds])
+                wire.send(spare.sock, job, [client.channel.fileno()])
             except OSError:
                 continue  # that spare died: the next one
             finally:
@@ -354,10 +357,11 @@ def _spare(dirs: StateDirs, sock: wire.Socket, for_requests: bool) -> NoReturn:
     if job is None or not fds:
         os._exit(0)  # the helper stopped, or went away
     connection = wire.Socket(fileno=fds[0])
+    wire.close_fds(fds[1:])
     if job["job"] == "cni":
-        worker.handle_cni(connection, dict(job["cni"]))
+        worker.handle_cni(connection)
     if job["job"] == "request":
-        worker.handle_request(connection, int(job["pid"]), dict(job["request"]), fds[1:])
+        worker.handle_request(connection, int(job["pid"]), dict(job["request"]))
     failures = worker.teardown(connection, dirs, int(job["pid"]), job)
     with contextlib.suppress(OSError):
         wire.send(connection, {"done": failures})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import socket
 import sys
 import time
@@ -23,12 +24,13 @@ if TYPE_CHECKING:
     from nsrun.launch.request import SandboxRequest
     from nsrun.state.paths import StateDirs
 
-__all__ = ["HANDED_OVER", "handle_request", "prepare", "record_started", "rehearse", "teardown"]
+__all__ = ["HANDED_OVER", "handle_cni", "handle_request", "prepare", "record_started", "rehearse", "teardown"]
 
 HANDED_OVER: Final = 3  # the worker's exit status when the client now runs a sandbox
 _RECLAIM_QUEUED: Final = "reclaim.queued.lock"  # held by the one reclaim waiting to start
 _MAX_FD: Final = 1 << 16
 _TEARDOWN_FAILED: Final = 4
+_STDIO: Final = (0, 1, 2)
 
 
 _DYING_CLIENT_WAIT: Final = 2.0  # seconds
@@ -76,9 +78,13 @@ class _Launcher:
             raise _Handover
 
         # what dead sandboxes left is reclaimed after the hand-over (_reclaim_later), not on the way
+        try:
+            holder = Holder.of(self.client_pid)
+        except ProcessLookupError:
+            raise Interrupted(signal.SIGKILL) from None  # the client died meanwhile: nothing to set up
         sandbox = Sandbox(
             request,
-            holder=Holder.of(self.client_pid),
+            holder=holder,
             checkpoint=self.checkpoint,
             sweep=False,
             ready_netns=_ready_netns.pop() if _ready_netns else None,
@@ -336,25 +342,38 @@ def _rehearse_netlink() -> None:
 _REHEARSAL: Final = (_rehearse_launch, _rehearse_netlink, _rehearse_firewall, _rehearse_teardown)
 
 
-def handle_cni(connection: wire.Socket, call: dict[str, Any]) -> NoReturn:
+def _go_ahead(channel: Channel, kind: str, fds_wanted: int) -> tuple[Any, list[int]]:
+    """The client's go-ahead, sent once it saw "taken": `kind`'s message and its descriptors.
+    A client that waited in vain ran its command line itself and closed the connection (or it
+    died): then this worker does nothing and exits."""
+    message, fds = channel.receive()
+    if message is None or kind not in message or len(fds) != fds_wanted:
+        wire.close_fds(fds)
+        os._exit(0)
+    return message[kind], fds
+
+
+def handle_cni(connection: wire.Socket) -> NoReturn:
     """One CNI call (`nsrun-cni`): its answer, then this worker's end."""
     from nsrun.cni.plugin import handle
 
+    call, _ = _go_ahead(Channel(connection), "cni", 0)
     status, out = handle(dict(call["env"]), bytes(call["stdin"]))
     with contextlib.suppress(OSError):
         wire.send(connection, {"cni": [status, out]})
     os._exit(0)
 
 
-def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any], fds: list[int]) -> NoReturn:
+def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any]) -> NoReturn:
     """The worker's whole life: run the request, answer, exit (HANDED_OVER after a launch)."""
     from nsrun.cli import run
     from nsrun.cli.app import run_cli
     from nsrun.cli.entry import Interrupted
 
     channel = Channel(sock)
+    _, fds = _go_ahead(channel, "stdio", len(_STDIO))
 
-    for fd, target in zip(fds, (0, 1, 2), strict=False):
+    for fd, target in zip(fds, _STDIO, strict=True):
         os.dup2(fd, target)
         os.close(fd)
     os.environ.clear()
@@ -369,6 +388,7 @@ def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any], 
     status = 0
     handed_over = False
     try:
+        launcher.checkpoint()  # the client died, or got a signal, since its go-ahead: nothing runs
         status = run_cli([str(word) for word in request.get("argv", [])])
     except _Handover:
         handed_over = True

@@ -168,6 +168,89 @@ def test_a_client_killed_is_torn_down_by_the_helper(world: World) -> None:
     assert not world.pids_running(f"sleep {duration}")
 
 
+def helper_main(world: World) -> int:
+    """The helper itself: the one of the world's helper processes whose parent is none of them."""
+    pids = helper_pids(world)
+    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
+    (main,) = [pid for pid in pids if parents[pid] not in pids]
+    return main
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_a_helper_that_takes_nothing_is_passed_over_and_runs_nothing_later(world: World, host_dir: Path) -> None:
+    """A helper stopped (or hung) before it takes a request: the command line runs in-process
+    after TAKEN_WAIT, its output ends with nsrun (the request held none of its descriptors), a
+    signal meanwhile ends nsrun at once, and once the helper goes on it runs none of them."""
+    import subprocess
+
+    from nsrun.helper.client import TAKEN_WAIT
+
+    start_helper(world)
+    before = world.snapshot()
+    ran, never = host_dir / "ran", host_dir / "never"
+    main = helper_main(world)
+    os.kill(main, signal.SIGSTOP)
+    try:
+        proc = world.nsrun_popen("--", "sh", "-c", f"echo x >> {ran}; echo out", stdout=subprocess.PIPE)
+        out, err = proc.communicate(timeout=TAKEN_WAIT + 20)  # to the end of its output
+        assert proc.returncode == 0, err
+        assert out == "out\n"
+        assert err == (
+            f"nsrun: warning: the warm helper (pid {main}) did not take the command within {TAKEN_WAIT:g}s: running it"
+            f" in-process (if it stays so, `kill {main}`: the next launch starts another)\n"
+        )
+        waiting = world.nsrun_popen("--", "sh", "-c", f"echo x >> {never}")
+        time.sleep(1)
+        waiting.send_signal(signal.SIGTERM)  # nsenter execs nsrun: this is nsrun itself
+        assert waiting.wait(timeout=TAKEN_WAIT - 2) == -signal.SIGTERM
+    finally:
+        os.kill(main, signal.SIGCONT)
+    time.sleep(1)  # it finds both connections closed: it runs neither
+    assert world.nsrun("--", "true").returncode == 0  # through it again
+    assert lines(ran) == ["x"]
+    assert not never.exists()
+    world.wait_for(lambda: world.snapshot() == before, what="nothing left")
+
+
+HOLD_REGISTRY_LOCK = textwrap.dedent("""
+    import fcntl, os, time
+    fd = os.open("/run/nsrun/sandboxes.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_worker_that_does_not_answer_an_abort_is_left_and_nothing_runs(world: World, host_dir: Path) -> None:
+    """The helper took the request, but its worker is stuck (here on the registry lock, which
+    another process holds): a signal to nsrun asks it to undo the set-up; unanswered for
+    ABORT_WAIT, nsrun dies of the signal, and the worker, once it goes on, finds its client gone
+    and starts nothing; nothing is left."""
+    from nsrun.helper.client import ABORT_WAIT
+
+    start_helper(world)
+    before = world.snapshot()
+    never = host_dir / "never"
+    holder = world.popen(sys.executable, "-c", HOLD_REGISTRY_LOCK)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+    try:
+        proc = world.nsrun_popen("--", "sh", "-c", f"echo x >> {never}")
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)  # nsenter execs nsrun: this is nsrun itself
+        start = time.monotonic()
+        assert proc.wait(timeout=ABORT_WAIT + 10) == -signal.SIGTERM
+        assert time.monotonic() - start > ABORT_WAIT - 1  # it asked, and waited for the answer
+    finally:
+        holder.kill()
+    assert world.nsrun("--", "true").returncode == 0  # reclaims whatever the worker left
+    world.wait_for(lambda: world.snapshot() == before, what="nothing left")
+    assert not never.exists()
+
+
 def test_the_helper_exits_when_idle(world: World) -> None:
     world.env["NSRUN_HELPER_IDLE"] = "1"
     start_helper(world)
@@ -189,8 +272,12 @@ CONFINED_CLIENT = textwrap.dedent("""
     s.connect("/run/nsrun/helper.sock")
     request = {"version": sys.argv[1], "argv": ["--privileged", "--", "touch", sys.argv[2]],
                "env": {"PATH": "/usr/bin:/bin"}, "cwd": "/", "umask": 18, "detached": False}
-    socket.send_fds(s, [marshal.dumps(request)], [0, 1, 2])
-    print(marshal.loads(s.recv(65536)))
+    s.send(marshal.dumps(request))
+    answer = marshal.loads(s.recv(65536))
+    if "taken" in answer:  # the go-ahead, as nsrun's client gives it
+        socket.send_fds(s, [marshal.dumps({"stdio": True})], [0, 1, 2])
+        answer = marshal.loads(s.recv(65536))
+    print(answer)
 """)
 
 
