@@ -64,6 +64,8 @@ class _Client:
     status: int | None = None
     ran: bool = True  # its command ran (else its logbook entry goes)
     handed_over: bool = False  # it got a sandbox (its id is known once it said "started")
+    refusal: str | None = None  # why it may not be served (not root's, confined): see peers
+    requested: bool = False  # its request was read (the first message on a connection)
 
 
 @dataclass
@@ -169,8 +171,18 @@ class Helper:
         peer = peer_of(sock)
         refusal = peer.refusal()
         peer.close()
-        client = _Client(Channel(sock), peer.pid)
+        client = _Client(Channel(sock), peer.pid, refusal=refusal)
         self.clients[sock.fileno()] = client
+        # its request most often came with it; else the loop reads it when it comes: a client
+        # that connects and says nothing holds up no other
+        self._take_request(client)
+
+    def _take_request(self, client: _Client) -> None:
+        """Serve the connection's first message, if it came (else later, when it does)."""
+        if not select.select([client.channel.fileno()], [], [], 0)[0]:
+            return
+        client.requested = True
+        refusal = client.refusal
         try:
             request, fds = client.channel.receive()
         except OSError:
@@ -199,6 +211,9 @@ class Helper:
         client.worker = self._dispatch({"job": "request", "pid": client.pid, "request": request}, client)
 
     def _read(self, client: _Client) -> None:
+        if not client.requested:
+            self._take_request(client)
+            return
         try:
             message, fds = client.channel.receive()
         except OSError:

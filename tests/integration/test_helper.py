@@ -215,6 +215,29 @@ def test_a_helper_that_takes_nothing_is_passed_over_and_runs_nothing_later(world
     world.wait_for(lambda: world.snapshot() == before, what="nothing left")
 
 
+SILENT_CLIENT = textwrap.dedent("""
+    import socket, time
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect("/run/nsrun/helper.sock")
+    print("connected", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_client_that_says_nothing_holds_up_no_other(world: World) -> None:
+    start_helper(world)
+    silent = world.popen(sys.executable, "-c", SILENT_CLIENT)
+    assert silent.stdout is not None
+    assert silent.stdout.readline() == "connected\n"
+    for _ in range(2):
+        result = world.nsrun("--", "echo", "ran")
+        assert (result.returncode, result.stdout, result.stderr) == (0, "ran\n", "")  # through the helper, at once
+    silent.kill()
+    silent.wait()
+    assert world.nsrun("--", "true").returncode == 0
+    assert len(helper_pids(world)) > 1  # the helper and its spares: it read the end of that connection
+
+
 HOLD_REGISTRY_LOCK = textwrap.dedent("""
     import fcntl, os, time
     fd = os.open("/run/nsrun/sandboxes.lock", os.O_RDWR | os.O_CREAT, 0o600)
