@@ -33,6 +33,7 @@ _CAP_NET_ADMIN: Final = 12
 _UFW_CONF: Final = Path("/etc/ufw/ufw.conf")
 _FIREWALLD_PID: Final = Path("/run/firewalld/firewalld.pid")
 _HELPER_FAILURE_KEPT: Final = 24 * 3600.0  # a failure of the helper is shown this long
+_HELPER_PING_WAIT: Final = 2.0  # seconds: a helper answers at once, even with 100 launches at once
 
 
 def privileges() -> Check:
@@ -209,12 +210,13 @@ def firewall_managers() -> list[Check]:
 
 def helper(run_dir: Path) -> Check:
     """The warm helper: running or not (both fine), and whether it failed lately."""
+    import select
     import socket
     import struct
     import time
 
-    from nsrun.helper.client import helper_wanted
-    from nsrun.helper.protocol import LOG_NAME, SOCKET_NAME
+    from nsrun.helper.client import TAKEN_WAIT, helper_wanted
+    from nsrun.helper.protocol import LOG_NAME, SOCKET_NAME, Channel, version
 
     if not helper_wanted():
         return Check("warm helper", Status.OK, "off (NSRUN_HELPER=off): every command runs in its own process")
@@ -230,9 +232,20 @@ def helper(run_dir: Path) -> Check:
                 f"see {log}; launches run in-process meanwhile (NSRUN_HELPER=off to do without it)",
             )
     pid = None
+    answered = False
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
         sock.connect(str(run_dir / SOCKET_NAME))
         pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        Channel(sock).send({"version": version(), "ping": True})
+        answered = bool(select.select([sock], [], [], _HELPER_PING_WAIT)[0])
     if pid is None:
         return Check("warm helper", Status.OK, "not running: the next launch starts it, and it exits when idle")
+    if not answered:
+        return Check(
+            "warm helper",
+            Status.WARN,
+            f"pid {pid} did not answer within {_HELPER_PING_WAIT:g}s (stopped or hung?): launches wait"
+            f" {TAKEN_WAIT:g}s for it, then run in-process",
+            f"kill {pid}: the next launch starts another",
+        )
     return Check("warm helper", Status.OK, f"pid {pid} sets launches up; it exits after a while without any")

@@ -12,6 +12,7 @@ beside them (`nsrun.process.wire`). Light: the client imports it on every launch
                        {"started": {...}}  -> {"ok": true}           the command runs
                        {"ended": {"status", "ran", "id", "entry"}} -> {"release"}, {"done": [failures]}
     EOF from the client before "ended" (it was killed) is a teardown too.
+    client -> helper   {"version", "ping": true} -> {"taken": true}  is it alive (`nsrun doctor`)
     client -> helper   {"version", "cni": true}                      a CNI call (`nsrun-cni`)
     helper -> client   {"taken": true}
     client -> worker   {"cni": {"env", "stdin"}}                     the go-ahead

@@ -203,6 +203,9 @@ class Helper:
         except OSError:
             self._drop(client)
             return
+        if "ping" in request:  # `nsrun doctor`: that answer was all it asked for
+            self._drop(client)
+            return
         if "cni" in request:
             # a CNI call: its worker answers the plugin directly; nothing of it to follow here
             self._dispatch({"job": "cni"}, client)

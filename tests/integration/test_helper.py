@@ -202,6 +202,10 @@ def test_a_helper_that_takes_nothing_is_passed_over_and_runs_nothing_later(world
             f"nsrun: warning: the warm helper (pid {main}) did not take the command within {TAKEN_WAIT:g}s: running it"
             f" in-process (if it stays so, `kill {main}`: the next launch starts another)\n"
         )
+        doctor = world.nsrun("doctor").stdout  # itself in-process, after that wait
+        line = next(line for line in doctor.splitlines() if "warm helper" in line)
+        assert line.startswith("warn"), doctor
+        assert f"pid {main} did not answer" in line, doctor
         waiting = world.nsrun_popen("--", "sh", "-c", f"echo x >> {never}")
         time.sleep(1)
         waiting.send_signal(signal.SIGTERM)  # nsenter execs nsrun: this is nsrun itself
