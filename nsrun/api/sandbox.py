@@ -48,6 +48,7 @@ _POLL: Final = 0.02
 _START_TIMEOUT: Final = 60.0
 _REPORT_MAX: Final = 4096  # what a command's process writes when its exec failed: 1 KiB at most
 _LOG_TAIL: Final = 2000
+_RELEASED_WAIT: Final = 5.0  # seconds: a shim answers "release" within a millisecond or two
 
 
 class SandboxExitedError(NsrunError):
@@ -193,6 +194,7 @@ class Sandbox:
         self._shim: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._watcher: threading.Thread | None = None
+        self._release_sent = False  # the shim was told to release the namespaces (and answers)
         self._returncode: int | None = None
         self._failure: str | None = None
         self._log: Path | None = None
@@ -375,6 +377,7 @@ class Sandbox:
                 launch.teardown(self._release_shim)
             except NsrunError as err:
                 failures.append(str(err))
+            self._await_released()
         self._control_done()
         returncode, failure = _returncode_of(message)
         if launch is not None:
@@ -399,6 +402,19 @@ class Sandbox:
         if self._control is not None:
             with contextlib.suppress(OSError):
                 _send(self._control, {"op": "release"})
+                self._release_sent = True
+
+    def _await_released(self) -> None:
+        """The shim answers "release" once its init is reaped: wait() returns only once nothing
+        of the sandbox runs (the init exits while the host side is torn down, so the answer has
+        most often come by then; under load it had not, once in a CI run)."""
+        if not self._release_sent:
+            return
+        deadline = time.monotonic() + _RELEASED_WAIT
+        while self._control is not None and (remaining := deadline - time.monotonic()) > 0:
+            message = _receive(self._control, remaining)
+            if message is None or message.get("event") == "released":
+                return  # answered, or the shim is gone (and its init with it)
 
     def _control_done(self) -> None:
         if self._control is not None:

@@ -19,6 +19,7 @@ Protocol (SOCK_SEQPACKET, `nsrun.process.wire`: one marshalled dict per message,
   caller -> shim   {"op": "signal", "signal": N} | {"op": "kill"}   (any time)
   shim -> caller   {"event": "ended", "status", "failure", "code"}
   caller -> shim   {"op": "release"} half-way through the teardown: close the namespaces (and the ports)
+  shim -> caller   {"event": "released"} once it did (its init is reaped by then)
   caller -> shim   {"op": "done"} once the host side is torn down
 EOF from the caller at any point ends the sandbox. A joining shim (exec into a running sandbox)
 exits with its command's status, or dies of its command's signal, as the command itself would.
@@ -82,6 +83,9 @@ def _await_done(sock: wire.Socket, release: Callable[[], None]) -> None:
             return
         if message.get("op") == "release":
             release()
+            # this process's run is over, so its init is reaped by now: the caller's wait() may
+            # return once it reads this (nothing of the sandbox runs any more)
+            _send(sock, {"event": "released"})
 
 
 def _take_output(log: int) -> None:
