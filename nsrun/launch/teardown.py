@@ -124,7 +124,9 @@ def _remove_veth(name: str, wait: float) -> None:
 
 
 def _release_address(dirs: StateDirs, record: SandboxRecord) -> None:
-    """Its lease goes (if it is still its own), and with it its name from the network's hosts file."""
+    """Its lease goes (if it is still its own), and with it its name from the network's hosts file.
+    A record without its address yet (set-up notes it last: one ended part-way, a helper's worker
+    killed mid-launch whose client tears its sandbox down) has its lease found by its id."""
     from nsrun.networks import manager
 
     store = manager.lease_store(dirs, record.network)
@@ -132,8 +134,11 @@ def _release_address(dirs: StateDirs, record: SandboxRecord) -> None:
         return
     spec = manager.network_store(dirs).get(record.network)
     with store.locked():
-        for text in record.addresses[:1]:
-            lease = store.get(ipaddress.IPv4Address(text))
+        if record.addresses:
+            leases = [store.get(ipaddress.IPv4Address(record.addresses[0]))]
+        else:
+            leases = [lease for lease in store.leases() if lease.sandbox_id == record.sandbox_id]
+        for lease in leases:
             if lease is not None and lease.sandbox_id == record.sandbox_id:
                 store.release(lease)
                 if spec is not None:

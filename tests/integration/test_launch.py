@@ -235,6 +235,31 @@ sys.stdin.read()
 """
 
 
+PART_WAY = """
+from dataclasses import replace
+from nsrun.launch.request import SandboxRequest
+from nsrun.launch.sandbox import Sandbox
+from nsrun.launch.teardown import teardown_sandbox
+sandbox = Sandbox(SandboxRequest.parse(["true"], environ={}, cwd="/"))
+sandbox.setup()
+assert sandbox.record is not None and sandbox.record.addresses
+record = replace(sandbox.record, addresses=())  # as it reads until set-up notes the address, last
+sandbox.close()
+print(teardown_sandbox(sandbox.dirs, record, pinned=False))
+"""
+
+
+def test_a_sandbox_torn_down_before_its_address_was_noted_keeps_no_lease(world: World) -> None:
+    """A helper's worker killed mid-launch leaves a record whose address is not noted yet; the
+    client tears it down at once (it is still alive: no reclaim would): its lease goes too."""
+    assert world.nsrun("--", "true").returncode == 0  # the network, made once
+    before = world.snapshot()
+    result = world.run(sys.executable, "-c", PART_WAY)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"
+    assert world.snapshot() == before
+
+
 def test_a_namespace_kept_alive_from_outside_loses_its_veth_with_the_sandbox(world: World) -> None:
     """A descriptor of the sandbox's network namespace held outside keeps the namespace, and so
     its veth pair, past the sandbox: the teardown's wait for the kernel runs out, and it deletes
