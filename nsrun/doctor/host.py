@@ -210,13 +210,10 @@ def firewall_managers() -> list[Check]:
 
 def helper(run_dir: Path) -> Check:
     """The warm helper: running or not (both fine), and whether it failed lately."""
-    import select
-    import socket
-    import struct
     import time
 
-    from nsrun.helper.client import TAKEN_WAIT, helper_wanted
-    from nsrun.helper.protocol import LOG_NAME, SOCKET_NAME, Channel, version
+    from nsrun.helper.client import TAKEN_WAIT, helper_wanted, ping
+    from nsrun.helper.protocol import LOG_NAME
 
     if not helper_wanted():
         return Check("warm helper", Status.OK, "off (NSRUN_HELPER=off): every command runs in its own process")
@@ -231,13 +228,7 @@ def helper(run_dir: Path) -> Check:
                 f"it failed {age / 60:.0f} min ago: {last[0] if last else 'see the log'}",
                 f"see {log}; launches run in-process meanwhile (NSRUN_HELPER=off to do without it)",
             )
-    pid = None
-    answered = False
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
-        sock.connect(str(run_dir / SOCKET_NAME))
-        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        Channel(sock).send({"version": version(), "ping": True})
-        answered = bool(select.select([sock], [], [], _HELPER_PING_WAIT)[0])
+    pid, answered = ping(str(run_dir), _HELPER_PING_WAIT)
     if pid is None:
         return Check("warm helper", Status.OK, "not running: the next launch starts it, and it exits when idle")
     if not answered:

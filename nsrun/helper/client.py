@@ -38,6 +38,7 @@ __all__ = [
     "TAKEN_WAIT",
     "Unavailable",
     "helper_wanted",
+    "ping",
     "run_cni",
     "run_through_helper",
     "start_helper",
@@ -68,6 +69,13 @@ class Unavailable(Exception):  # noqa: N818  # not an error: the in-process path
 SENT: Final = "sent"  # Unavailable's last argument when the helper went away after the request
 
 
+def _peer(sock: wire.Socket) -> tuple[int, int]:
+    """The pid and uid of the process at the other end (SO_PEERCRED)."""
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT))
+    pid, uid, _ = struct.unpack(_SO_PEERCRED_FORMAT, raw)
+    return int(pid), int(uid)
+
+
 def _connect(path: str) -> wire.Socket | None:
     sock = wire.unix_socket()
     try:
@@ -75,16 +83,27 @@ def _connect(path: str) -> wire.Socket | None:
     except OSError:
         sock.close()
         return None
-    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT))
-    if struct.unpack(_SO_PEERCRED_FORMAT, raw)[1] != 0:
+    if _peer(sock)[1] != 0:
         sock.close()  # only root's helper is trusted with root's commands
         return None
     return sock
 
 
-def _peer_pid(channel: Channel) -> int:
-    raw = channel.sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT))
-    return int(struct.unpack(_SO_PEERCRED_FORMAT, raw)[0])
+def ping(run_dir: str = RUN_DIR, timeout: float = 2.0) -> tuple[int | None, bool]:
+    """The running helper's pid (None: none runs) and whether it answered within `timeout`
+    seconds (`nsrun doctor`: a stopped or hung one does not)."""
+    sock = _connect(os.path.join(run_dir, SOCKET_NAME))
+    if sock is None:
+        return None, False
+    channel = Channel(sock)
+    try:
+        pid = _peer(sock)[0]
+        channel.send({"version": version(), "ping": True})
+        return pid, not _unanswered(channel, timeout)
+    except OSError:
+        return None, False  # it went away meanwhile
+    finally:
+        channel.close()
 
 
 def _helper_starting(run_dir: str) -> bool:
@@ -225,7 +244,7 @@ class _Waiter:
     def _give_up(self) -> NoReturn:
         from nsrun.cli.entry import die_by
 
-        pid = _peer_pid(self.channel)
+        pid = _peer(self.channel.sock)[0]
         self.channel.close()
         if self.aborted is not None:
             die_by(self.aborted)
