@@ -81,6 +81,7 @@ class Prepared:
         from nsrun.launch.records import reclaim_due
         from nsrun.launch.sandbox import Holder
         from nsrun.launch.sandbox import Sandbox as Launch
+        from nsrun.process.liveness import boot_clock
         from nsrun.state.logbook import LogBook
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -93,6 +94,7 @@ class Prepared:
             theirs.close()
             raise
         try:
+            not_before = boot_clock()  # the shim is forked between the two readings
             shim = subprocess.Popen(  # nsrun's own shim, argv as a list
                 shim_command(theirs.fileno(), ahead=True),  # its init is forked while the sandbox is set up
                 stdin=subprocess.DEVNULL,
@@ -101,6 +103,7 @@ class Prepared:
                 pass_fds=[theirs.fileno()],
                 start_new_session=True,  # a Ctrl-C meant for the caller reaches the command only by stop()
             )
+            not_after = boot_clock()
         except BaseException:
             ours.close()
             with contextlib.suppress(NsrunError):
@@ -112,7 +115,8 @@ class Prepared:
                 os.close(output)
         prepared = cls(launch, shim, ours, logbook.log_path(launch.sandbox_id), spare)
         try:
-            launch.holder = Holder.of(shim.pid)  # the shim holds the lease and the record
+            # the shim holds the lease and the record; set-up goes on while it execs
+            launch.holder = Holder.of_child(shim.pid, not_before, not_after)
             launch.setup()  # a failure rolls back what it did
         except BaseException:
             prepared.discard(set_up=False)

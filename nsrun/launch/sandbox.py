@@ -80,6 +80,14 @@ class Holder:
 
         return cls(pid, liveness.start_time(pid), liveness.pid_namespace())
 
+    @classmethod
+    def of_child(cls, pid: int, before: int, after: int) -> Holder:
+        """A child this thread forked between the `liveness.boot_clock()` readings `before` and
+        `after` (without waiting for its exec to be over, as reading its /proc entry would)."""
+        from nsrun.process import liveness
+
+        return cls(pid, liveness.start_time_of_child(pid, before, after), liveness.pid_namespace())
+
 
 @dataclass
 class Sandbox:

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Final
 
-__all__ = ["attachment_alive", "holder_alive", "kill_netns_members", "pid_namespace", "port_holder", "start_time"]
+__all__ = [
+    "attachment_alive",
+    "boot_clock",
+    "holder_alive",
+    "kill_netns_members",
+    "pid_namespace",
+    "port_holder",
+    "start_time",
+    "start_time_of_child",
+]
 
 _STARTTIME_FIELD: Final = 19  # of /proc/PID/stat, counted after the command name
 _STATE_FIELD: Final = 0
+_NS_PER_SECOND: Final = 1_000_000_000
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -29,6 +40,23 @@ def start_time(pid: int) -> float:
     if fields is None:
         raise ProcessLookupError(pid)
     return float(fields[_STARTTIME_FIELD])
+
+
+def boot_clock() -> int:
+    """CLOCK_BOOTTIME in ns: the clock the kernel stamps a process's start with (in ticks in /proc)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def start_time_of_child(pid: int, before: int, after: int) -> float:
+    """`start_time` of a child this thread forked between two `boot_clock()` readings: the clock
+    tick both fall in, when they fall in one (the kernel stamps a fork with that clock and shows
+    the stamp in whole ticks), so /proc is not read: reading a child's stat while it is in the
+    middle of its exec blocks until that is done (2-4 ms after `subprocess.Popen` returned, for
+    a Python). Read from /proc when they straddle a tick (one fork in a hundred)."""
+    tick = _NS_PER_SECOND // os.sysconf("SC_CLK_TCK")
+    if before // tick == after // tick:
+        return float(before // tick)
+    return start_time(pid)
 
 
 def pid_namespace() -> int:
