@@ -17,6 +17,7 @@ WORLD_SCRIPT = Path(__file__).with_name("world.sh")
 # for commands run as another user than root: Debian's python3 lives where every user may run it
 # (the venv's may sit in a home only root can enter)
 SYSTEM_PYTHON = "/usr/bin/python3"
+HELPER_MARK = "nsrun.helper"  # in the command line of the warm helper and its workers
 WAN_ADDRESS = "203.0.113.10"
 UPLINK_ADDRESS = "203.0.113.1"
 
@@ -187,6 +188,17 @@ class World:
     def helper_running(self) -> bool:
         """Whether the world's warm helper listens (it starts after the first launch)."""
         return self.run("test", "-S", "/run/nsrun/helper.sock").returncode == 0
+
+    def helper_pids(self) -> list[int]:
+        """The world's warm helper and its workers."""
+        return self.own_pids(HELPER_MARK)
+
+    def helper_main(self) -> int:
+        """The helper itself: the one of the world's helper processes whose parent is none of them."""
+        pids = self.helper_pids()
+        parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
+        (main,) = [pid for pid in pids if parents[pid] not in pids]
+        return main
 
     @staticmethod
     def holds_signals(pid: int) -> bool:

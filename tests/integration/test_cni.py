@@ -6,6 +6,7 @@ attachments side by side with `nsrun` sandboxes. Real namespaces, links and rule
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -317,6 +318,41 @@ def test_helper_serves_plugin_calls_and_its_death_leaves_nothing(world: World) -
     assert in_container(world, "c2", "ip", "link", "show", "eth0").returncode == 0
     for name in ("c1", "c2"):
         assert cni(world, "DEL", CONF, container=name) == (0, None)
+    assert leftovers(world) == NOTHING
+
+
+def test_a_helper_that_takes_no_call_is_passed_over_and_makes_nothing_later(world: World) -> None:
+    """A helper stopped (or hung) before it takes a plugin call: the call runs in the plugin's
+    own process after TAKEN_WAIT, and once the helper goes on it acts on nothing (the engine's
+    container has one attachment, the one the ADD reported)."""
+    import signal
+    import time
+
+    from nsrun.helper.client import TAKEN_WAIT
+
+    if world.env.get("NSRUN_HELPER") == "off":
+        pytest.skip("the helper is off in this pass")
+    add_container(world)
+    assert cni(world, "ADD", CONF)[0] == 0  # in-process; it starts the helper for the next calls
+    world.wait_for(world.helper_running, what="the helper")
+    main = world.helper_main()
+    add_container(world, "c2")
+    os.kill(main, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        status, result = cni(world, "ADD", CONF, container="c2")
+        took = time.monotonic() - began
+    finally:
+        os.kill(main, signal.SIGCONT)
+    assert status == 0, result
+    assert took >= TAKEN_WAIT  # it waited for the helper, then did the call itself
+    time.sleep(1)  # the helper finds the call's connection closed: its worker does nothing
+    (address,) = [ip["address"].split("/")[0] for ip in result["ips"]]
+    c2 = [a for a in attachments(world) if a["container_id"] == "c2"]
+    assert [a["addresses"] for a in c2] == [[address]]
+    assert in_container(world, "c2", "ip", "-4", "-br", "addr", "show", "eth0").stdout.split()[2] == f"{address}/24"
+    for name in ("c1", "c2"):
+        assert cni(world, "DEL", CONF, container=name) == (0, None)  # through the helper again
     assert leftovers(world) == NOTHING
 
 

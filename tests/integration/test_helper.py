@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.privileged
 
-HELPER_MARK = "nsrun.helper"
-
-
-def helper_pids(world: World) -> list[int]:
-    return world.own_pids(HELPER_MARK)
-
 
 def start_helper(world: World) -> None:
     assert world.nsrun("--", "true").returncode == 0  # the first launch runs in-process, then starts it
@@ -89,7 +83,7 @@ def test_with_the_helper_off_none_is_started(world: World) -> None:
         assert world.nsrun("--", "true").returncode == 0
     time.sleep(0.5)
     assert not world.helper_running()
-    assert not helper_pids(world)
+    assert not world.helper_pids()
 
 
 def test_bad_input_starts_no_helper(world: World) -> None:
@@ -98,7 +92,7 @@ def test_bad_input_starts_no_helper(world: World) -> None:
     assert world.nsrun("network", "ls").returncode == 0  # not a launch
     time.sleep(0.5)
     assert not world.helper_running()
-    assert not helper_pids(world)
+    assert not world.helper_pids()
 
 
 def test_a_stale_socket_is_replaced(world: World) -> None:
@@ -108,7 +102,7 @@ def test_a_stale_socket_is_replaced(world: World) -> None:
     assert world.run(sys.executable, "-c", stale).returncode == 0
     assert world.run("test", "-S", "/run/nsrun/helper.sock").returncode == 0
     assert world.nsrun("--", "true").returncode == 0  # nobody answers: in-process
-    world.wait_for(lambda: bool(helper_pids(world)), what="a new helper")
+    world.wait_for(lambda: bool(world.helper_pids()), what="a new helper")
     assert world.nsrun("--", "true").returncode == 0
 
 
@@ -125,7 +119,7 @@ def test_a_helper_of_another_version_is_not_used_and_retires(world: World, host_
     assert result.returncode == 0
     assert result.stdout == "ran\n"
     old.wait(timeout=20)  # told it is not current, it leaves at once
-    world.wait_for(lambda: bool(helper_pids(world)), what="a current helper")
+    world.wait_for(lambda: bool(world.helper_pids()), what="a current helper")
 
 
 @pytest.mark.parametrize("moment", [0.0, 0.01, 0.02, 0.04])
@@ -135,7 +129,7 @@ def test_a_helper_killed_mid_launch_leaves_nothing(world: World, moment: float) 
     before = world.snapshot()
     proc = world.nsrun_popen("--", "sh", "-c", "echo ran")
     time.sleep(moment)
-    for pid in helper_pids(world):  # the helper and its workers
+    for pid in world.helper_pids():  # the helper and its workers
         with contextlib.suppress(ProcessLookupError):  # a worker whose job ended meanwhile
             os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=30)
@@ -168,14 +162,6 @@ def test_a_client_killed_is_torn_down_by_the_helper(world: World) -> None:
     assert not world.pids_running(f"sleep {duration}")
 
 
-def helper_main(world: World) -> int:
-    """The helper itself: the one of the world's helper processes whose parent is none of them."""
-    pids = helper_pids(world)
-    parents = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
-    (main,) = [pid for pid in pids if parents[pid] not in pids]
-    return main
-
-
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -191,7 +177,7 @@ def test_a_helper_that_takes_nothing_is_passed_over_and_runs_nothing_later(world
     start_helper(world)
     before = world.snapshot()
     ran, never = host_dir / "ran", host_dir / "never"
-    main = helper_main(world)
+    main = world.helper_main()
     os.kill(main, signal.SIGSTOP)
     try:
         proc = world.nsrun_popen("--", "sh", "-c", f"echo x >> {ran}; echo out", stdout=subprocess.PIPE)
@@ -239,7 +225,7 @@ def test_a_client_that_says_nothing_holds_up_no_other(world: World) -> None:
     silent.kill()
     silent.wait()
     assert world.nsrun("--", "true").returncode == 0
-    assert len(helper_pids(world)) > 1  # the helper and its spares: it read the end of that connection
+    assert len(world.helper_pids()) > 1  # the helper and its spares: it read the end of that connection
 
 
 HOLD_REGISTRY_LOCK = textwrap.dedent("""
@@ -281,7 +267,7 @@ def test_a_worker_that_does_not_answer_an_abort_is_left_and_nothing_runs(world: 
 def test_the_helper_exits_when_idle(world: World) -> None:
     world.env["NSRUN_HELPER_IDLE"] = "1"
     start_helper(world)
-    world.wait_for(lambda: not world.helper_running() and not helper_pids(world), timeout=15, what="it to exit")
+    world.wait_for(lambda: not world.helper_running() and not world.helper_pids(), timeout=15, what="it to exit")
     assert world.nsrun("--", "true").returncode == 0  # in-process again, and a new one starts
 
 
@@ -395,7 +381,7 @@ def test_a_launch_takes_the_network_namespace_a_spare_made_ahead(world: World) -
     world_netns = os.stat(f"/proc/{world.pid}/ns/net").st_ino
 
     def made_ahead() -> set[int]:
-        return _netns_held(helper_pids(world)) - {world_netns}
+        return _netns_held(world.helper_pids()) - {world_netns}
 
     world.wait_for(made_ahead, what="a namespace made ahead")
     time.sleep(1)  # every spare has long finished its rehearsal
