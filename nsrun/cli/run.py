@@ -88,7 +88,13 @@ def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
         typer.Option("--env", "-e", metavar="KEY=VALUE", help="Set an environment variable; repeatable."),
     ] = None,
     workdir: Annotated[
-        str | None, typer.Option("--workdir", "-w", metavar="DIR", help="Working directory of the command.")
+        str | None,
+        typer.Option(
+            "--workdir",
+            "-w",
+            metavar="DIR",
+            help="Working directory of the command (default: the current one; a relative DIR is in it).",
+        ),
     ] = None,
     publish: Annotated[
         list[str] | None,

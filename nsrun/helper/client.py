@@ -152,7 +152,10 @@ def _spawn_helper() -> None:
     import nsrun
 
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(nsrun.__file__)))
-    cwd = os.getcwd()
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:  # deleted: no path of the module path can be it
+        cwd = None
     # this process's module path, less the script's directory or working directory it starts with
     path = [package_parent, *(p for p in sys.path[1:] if os.path.isabs(p) and p != cwd)]
     subprocess.Popen(  # nsrun's own helper, argv as a list
@@ -385,11 +388,17 @@ class _HelperController:
 def _request(argv: list[str], *, detached: bool) -> dict[str, Any]:
     umask = os.umask(0)
     os.umask(umask)
+    try:
+        cwd = os.getcwd()
+    except FileNotFoundError:
+        # deleted: the worker could not start where this process is; in-process, the command
+        # line gets the error that says so (or runs, given an absolute --workdir)
+        raise Unavailable("the current directory was deleted") from None
     return {
         "version": version(),
         "argv": argv,
         "env": dict(os.environ),
-        "cwd": os.getcwd(),
+        "cwd": cwd,
         "umask": umask,
         "detached": detached,
     }

@@ -380,8 +380,12 @@ def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any]) 
     os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
     try:
         os.chdir(str(request.get("cwd", "/")))
-    except OSError:
-        os.chdir("/")
+    except OSError as err:
+        # the client's directory went since it asked (deleted): the command line runs in the
+        # client's own process, where it gets what it would get without a helper
+        with contextlib.suppress(OSError):
+            channel.send({"fallback": f"its working directory: {os.strerror(err.errno or 0).lower()}"})
+        os._exit(0)
     os.umask(int(request.get("umask", 0o022)))
     launcher = _Launcher(channel, client_pid, detached=bool(request.get("detached")))
     run.LAUNCHER = launcher

@@ -57,14 +57,43 @@ class Volume:
     readonly: bool = False
 
 
-def parse_volume(text: str, cwd: str) -> Volume:
+# why a relative path cannot be resolved: getcwd() fails once the directory is removed
+_CWD_GONE: Final = "the current directory no longer exists (it was deleted)"
+
+
+def _current_directory() -> str | None:
+    """The caller's working directory; None if it was deleted since (the kernel no longer has a
+    path for it)."""
+    try:
+        return os.getcwd()
+    except FileNotFoundError:
+        return None
+
+
+def _workdir(workdir: str | None, cwd: str | None) -> str:
+    """The command's working directory: `workdir` (relative to `cwd`), else `cwd` itself."""
+    if workdir and (cwd is not None or os.path.isabs(workdir)):
+        directory = os.path.normpath(os.path.join(cwd or "/", workdir))
+        if not os.path.isdir(directory):
+            raise UsageError(f"invalid --workdir {workdir!r}", "no such directory", "give an existing directory")
+        return directory
+    if cwd is None:
+        # the command would start in it, as in the caller's; nsrun does not pick another for it
+        raise UsageError("the command's working directory", _CWD_GONE, "cd to an existing one, or give --workdir /DIR")
+    return cwd
+
+
+def parse_volume(text: str, cwd: str | None) -> Volume:
+    """`cwd`: the caller's working directory, which a relative source is in (None: deleted)."""
     parts = text.split(":")
     mode = "rw"
     if len(parts) == 3:  # noqa: PLR2004  # SRC:DST:MODE
         *parts, mode = parts
     if len(parts) != 2 or not all(parts) or mode not in ("ro", "rw"):  # noqa: PLR2004
         raise UsageError(f"invalid -v {text!r}", "expected SRC:DST[:ro|:rw]", "e.g. -v /srv/data:/data:ro")
-    source = os.path.normpath(os.path.join(cwd, parts[0]))
+    if cwd is None and not os.path.isabs(parts[0]):
+        raise UsageError(f"invalid -v {text!r}", _CWD_GONE, "give its source as an absolute path")
+    source = os.path.normpath(os.path.join(cwd or "/", parts[0]))
     target = os.path.normpath(parts[1])
     if not os.path.isabs(parts[1]):
         raise UsageError(f"invalid -v {text!r}", "the destination must be an absolute path")
@@ -199,7 +228,7 @@ class SandboxRequest:
         if not argv:
             raise UsageError("no command given", "nsrun runs a command", "usage: nsrun [OPTIONS] [--] CMD [ARGS...]")
         caller_env = dict(os.environ if environ is None else environ)
-        caller_cwd = cwd or os.getcwd()
+        caller_cwd = cwd or _current_directory()
         mode, join = _parse_net(net, network)
         address = parse_address(ip) if ip is not None else None
         hwaddr = parse_mac(mac) if mac is not None else None
@@ -210,9 +239,7 @@ class SandboxRequest:
         if hostname is not None:
             validate_hostname(hostname)
         who = resolve_user(user) if user is not None else invoking_user(caller_env)
-        directory = os.path.normpath(os.path.join(caller_cwd, workdir)) if workdir else caller_cwd
-        if workdir is not None and not os.path.isdir(directory):
-            raise UsageError(f"invalid --workdir {workdir!r}", "no such directory", "give an existing directory")
+        directory = _workdir(workdir, caller_cwd)
         mappings = _parse_publish(publish, mode)
         _check_caps((*cap_add, *cap_drop))
         no_new_privs, seccomp = parse_security_opt(security_opt)

@@ -12,6 +12,7 @@ import pytest
 from tests.world import SYSTEM_PYTHON
 
 if TYPE_CHECKING:
+    import subprocess
     from pathlib import Path
 
     from tests.world import World
@@ -177,6 +178,27 @@ def test_nsrun_inside_a_sandbox_refuses_and_reclaims_nothing(world: World, tmp_p
     assert "web" in world.nsrun("ls").stdout
     web.terminate()
     web.wait(timeout=10)
+
+
+def test_a_deleted_working_directory(world: World, tmp_path: Path) -> None:
+    """nsrun started in a directory deleted since: the command would start there, so one clear
+    line and nothing done (through the helper too); an absolute --workdir needs none."""
+    assert world.nsrun("--", "true").returncode == 0  # the helper, where it is on, runs from here on
+    before = world.snapshot()
+    gone = tmp_path / "gone"
+
+    def from_gone(*args: str) -> subprocess.CompletedProcess[str]:
+        script = f'mkdir {gone} && cd {gone} && rmdir {gone} && exec "$@"'
+        return world.run("sh", "-c", script, "sh", sys.executable, "-m", "nsrun", *args)
+
+    for args in (["--", "pwd"], ["-w", "sub", "--", "pwd"], ["-v", "data:/mnt", "-w", "/", "--", "true"]):
+        result = from_gone(*args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "no longer exists (it was deleted)" in result.stderr
+        assert world.snapshot() == before
+    result = from_gone("-w", "/usr", "--", "pwd")
+    assert (result.returncode, result.stdout) == (0, "/usr\n"), result.stderr
 
 
 @pytest.mark.parametrize(
