@@ -115,7 +115,31 @@ def _through_helper(argv: list[str]) -> int | None:
         return None
 
 
+_STDIO: Final = (0, 1, 2)
+
+
+def _open_standard_descriptors() -> None:
+    """A standard descriptor its caller closed (`nsrun ... >&-`) is /dev/null from here on, as
+    glibc does for set-uid programs: else the first file or socket nsrun opens would take its
+    number and become the command's stdin, stdout or stderr (the helper's connection did)."""
+    for fd in _STDIO:
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd` itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)  # noqa: FBT003  # os.open gives none: the command inherits its stdio
+    # Python made no stream for a descriptor closed at its start
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  # lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False, errors="backslashreplace")  # noqa: SIM115
+
+
 def main() -> NoReturn:
+    _open_standard_descriptors()
     argv = sys.argv[1:]
 
     status = _through_helper(argv)

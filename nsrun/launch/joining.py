@@ -15,7 +15,7 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from nsrun.errors import NsrunError
+from nsrun.errors import NsrunError, UsageError
 from nsrun.launch.identity import command_environment, resolve_user
 from nsrun.launch.records import is_stale, registry
 from nsrun.process import liveness
@@ -79,6 +79,8 @@ def plan_exec(
     """The exec'd command: the sandbox's confinement, its user unless `user`, its environment."""
     from nsrun.confine.seccomp_bpf import sandbox_filter
 
+    if not argv or not argv[0]:
+        raise UsageError("invalid command ''", "its name is empty", "give the program to run after the sandbox's name")
     environment = dict(record.env)
     identity = Identity(record.uid, record.gid, record.groups)
     if user is not None:

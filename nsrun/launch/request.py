@@ -227,6 +227,8 @@ class SandboxRequest:
         """Check every option before anything is touched; raises UsageError."""
         if not argv:
             raise UsageError("no command given", "nsrun runs a command", "usage: nsrun [OPTIONS] [--] CMD [ARGS...]")
+        if not argv[0]:
+            raise UsageError("invalid command ''", "its name is empty", "usage: nsrun [OPTIONS] [--] CMD [ARGS...]")
         caller_env = dict(os.environ if environ is None else environ)
         caller_cwd = cwd or _current_directory()
         mode, join = _parse_net(net, network)

@@ -24,6 +24,7 @@ BAD_INPUTS = [
     pytest.param(["--bogus-option", "true"], 2, id="unknown-option"),
     pytest.param([], 2, id="no-command"),
     pytest.param(["--"], 2, id="empty-command"),
+    pytest.param(["--", ""], 2, id="empty-command-name"),
     pytest.param(["network", "create", "x", "--subnet", "10.0.0.0/33"], 2, id="invalid-cidr"),
     pytest.param(["network", "create", "x", "--subnet", "10.0.0.1/24"], 2, id="cidr-host-bits"),
     pytest.param(["network", "create", "x", "--subnet", "nonsense"], 2, id="cidr-garbage"),

@@ -201,6 +201,17 @@ def test_a_deleted_working_directory(world: World, tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (0, "/usr\n"), result.stderr
 
 
+def test_an_exec_of_an_empty_command_name_is_refused(world: World) -> None:
+    assert world.nsrun("-d", "--name", "box", "--", "sleep", world.unique(60)).returncode == 0
+    before = world.snapshot()
+    result = world.nsrun("exec", "box", "")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("nsrun: invalid command '': its name is empty"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert world.snapshot() == before
+    assert world.nsrun("stop", "box").returncode == 0
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -80,6 +80,28 @@ def test_exit_status(world: World, argv: list[str], status: int) -> None:
         assert result.stderr.startswith("nsrun: ")
 
 
+# what the command's descriptors 0, 1 and 2 are, written to the file argv[1]
+FDS_REPORT = (
+    "import os, sys; open(sys.argv[1], 'w').write(' '.join(os.readlink(f'/proc/self/fd/{n}') for n in (0, 1, 2)))"
+)
+
+
+@pytest.mark.parametrize(("closed", "fd"), [("<&-", 0), (">&-", 1), ("2>&-", 2)])
+def test_a_closed_standard_descriptor_is_dev_null_for_the_command(
+    world: World, tmp_path: Path, closed: str, fd: int
+) -> None:
+    """nsrun started with stdin, stdout or stderr closed: the command has /dev/null there (the
+    first file nsrun opened used to take that number: the helper's connection, a library)."""
+    assert world.nsrun("--", "true").returncode == 0
+    if world.env.get("NSRUN_HELPER") != "off":
+        world.wait_for(world.helper_running, what="the helper")  # and through it from here on
+    report = tmp_path / "fds"
+    nsrun = [sys.executable, "-m", "nsrun", "--", sys.executable, "-c", FDS_REPORT, str(report)]
+    result = world.run("sh", "-c", f'exec "$@" {closed}', "sh", *nsrun)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert report.read_text().split()[fd] == "/dev/null"
+
+
 def test_two_sandboxes_on_one_network_reach_each_other(world: World) -> None:
     assert world.nsrun("network", "create", "lab", "--subnet", "10.123.0.0/24").returncode == 0
     server = world.nsrun_popen(
