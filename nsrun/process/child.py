@@ -214,10 +214,8 @@ def exec_command(
         _drop_privileges(plan, held)
         try:
             os.chdir(plan.cwd)
-        except OSError as err:
-            raise OSError(
-                err.errno, f"changing to directory {plan.cwd!r}: {os.strerror(err.errno or 0).lower()}"
-            ) from err
+        except OSError as err:  # said as it is (an OSError's text would start with its number)
+            raise RuntimeError(f"changing to directory {plan.cwd!r}: {os.strerror(err.errno or 0).lower()}") from err
         if gate_fd is not None:
             _await_gate(gate_fd)
         failure, tried = _execute(plan)
