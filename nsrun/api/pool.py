@@ -59,6 +59,7 @@ class Pool:
         dirs: StateDirs | None = None,
     ) -> None:
         """Checks every option now (UsageError); nothing is made before `open()`."""
+        from nsrun.api import arguments
         from nsrun.launch.request import SandboxRequest
         from nsrun.state.paths import StateDirs
 
@@ -67,7 +68,7 @@ class Pool:
         if net not in _POOL_NETS:
             raise UsageError(f"invalid net {net!r} for a pool", "it makes bridge or none sandboxes", "e.g. net='none'")
         self.size = size
-        self.net, self.network, self.dns = net, network, tuple(dns)
+        self.net, self.network, self.dns = net, network, tuple(arguments.words("dns", dns))
         self.dirs = dirs or StateDirs()
         # what the spares are set up for; each gets its command (and process options) when taken
         self._template: SandboxRequest = SandboxRequest.parse(

@@ -28,6 +28,7 @@ import threading
 import time
 from typing import IO, TYPE_CHECKING, Any, Final, Self
 
+from nsrun.api import arguments
 from nsrun.errors import NsrunError, UsageError
 
 if TYPE_CHECKING:
@@ -57,23 +58,6 @@ class SandboxExitedError(NsrunError):
 
 class SandboxTimeoutError(NsrunError):
     """Something waited longer than its timeout."""
-
-
-def _publish_specs(publish: Sequence[int | str | tuple[int, int]]) -> list[str]:
-    """6379 (a free host port), "16379:6379", (16379, 6379), "127.0.0.1:8080:80/udp"."""
-    specs = []
-    for item in publish:
-        if isinstance(item, bool):
-            raise UsageError(
-                f"invalid publish {item!r}", "expected a port, 'HOST:PORT' or (HOST, PORT)", "e.g. publish=[6379]"
-            )
-        if isinstance(item, int):
-            specs.append(str(item))
-        elif isinstance(item, tuple):
-            specs.append(f"{item[0]}:{item[1]}")
-        else:
-            specs.append(str(item))
-    return specs
 
 
 def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -161,30 +145,29 @@ class Sandbox:
         from nsrun.launch.request import SandboxRequest
         from nsrun.state.paths import StateDirs
 
-        if isinstance(command, str):
-            raise UsageError("invalid command", "a list of arguments is expected, not a string", f"use [{command!r}]")
+        argv = arguments.words("command", command, paths=True)
         if pool is not None:
             _check_pooled(net=net, network=network, own=(name, hostname, ip, mac, publish, dns, dirs))
             net, network, dns = pool.net, pool.network, pool.dns
         self._pool = pool
         self._request = SandboxRequest.parse(
-            list(command),
+            argv,
             net=net,
             network=network,
             name=name,
             hostname=hostname,
             ip=ip,
             mac=mac,
-            publish=_publish_specs(publish),
+            publish=arguments.publish_specs(publish),
             user=user,
-            env=[f"{key}={value}" for key, value in (env or {}).items()],
+            env=arguments.environment(env),
             workdir=workdir,
-            dns=dns,
-            volumes=volumes,
-            tmpfs=tmpfs,
+            dns=arguments.words("dns", dns),
+            volumes=arguments.words("volumes", volumes),
+            tmpfs=arguments.words("tmpfs", tmpfs),
             read_only=read_only,
-            cap_add=cap_add,
-            cap_drop=cap_drop,
+            cap_add=arguments.words("cap_add", cap_add),
+            cap_drop=arguments.words("cap_drop", cap_drop),
             privileged=privileged,
         )
         self._dirs = pool.dirs if pool is not None else dirs or StateDirs()
@@ -578,10 +561,9 @@ class Sandbox:
         from nsrun.api.prepared import shim_command
         from nsrun.launch.joining import open_pinned, plan_exec
 
+        words, environment = arguments.words("command", argv, paths=True), arguments.environment(env)
         record = self._record()
-        plan: ProcessPlan = plan_exec(
-            record, list(argv), user=user, env=[f"{k}={v}" for k, v in (env or {}).items()], workdir=workdir
-        )
+        plan: ProcessPlan = plan_exec(record, words, user=user, env=environment, workdir=workdir)
         kinds = ("net", "uts", "ipc", "pid", "mnt")
         fds = [open_pinned(record, kind) for kind in kinds]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

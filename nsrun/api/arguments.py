@@ -1,0 +1,62 @@
+"""The library's arguments, checked as subprocess checks its own: lists of strings (paths, for a
+command's words), a mapping of strings for an environment; never a string iterated by character
+or a None that becomes the word "None". UsageError otherwise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from nsrun.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["environment", "publish_specs", "words"]
+
+
+def words(what: str, value: object, *, paths: bool = False) -> list[str]:
+    """A list of strings given for `what` (a command's words may be paths); UsageError otherwise,
+    rather than a string iterated by character or a None that becomes the word "None"."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        example = f"[{value!r}]" if isinstance(value, str) else "a list of strings"
+        raise UsageError(f"invalid {what}", f"a list is expected, not {type(value).__name__}", f"use {example}")
+    found = []
+    for item in value:
+        word = os.fspath(item) if paths and isinstance(item, os.PathLike) else item
+        if not isinstance(word, str):
+            raise UsageError(f"invalid {what}", f"{item!r} is not a string", "give every item as a str")
+        found.append(word)
+    return found
+
+
+def environment(env: Mapping[str, str] | None) -> list[str]:
+    """KEY=VALUE items of `env`, whose keys and values must be strings (as for subprocess)."""
+    if env is None:
+        return []
+    if not isinstance(env, Mapping):
+        raise UsageError("invalid env", f"a mapping is expected, not {type(env).__name__}", "e.g. env={'A': '1'}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UsageError("invalid env", f"{key!r}: {value!r}: names and values are strings", "e.g. env={'A': '1'}")
+    return [f"{key}={value}" for key, value in env.items()]
+
+
+def publish_specs(publish: Sequence[int | str | tuple[int, int]]) -> list[str]:
+    """6379 (a free host port), "16379:6379", (16379, 6379), "127.0.0.1:8080:80/udp"."""
+    if isinstance(publish, (str, int)):
+        raise UsageError("invalid publish", f"a list is expected, not {type(publish).__name__}", f"use [{publish!r}]")
+    specs = []
+    for item in publish:
+        if isinstance(item, bool):
+            raise UsageError(
+                f"invalid publish {item!r}", "expected a port, 'HOST:PORT' or (HOST, PORT)", "e.g. publish=[6379]"
+            )
+        if isinstance(item, int):
+            specs.append(str(item))
+        elif isinstance(item, tuple):
+            specs.append(f"{item[0]}:{item[1]}")
+        else:
+            specs.append(str(item))
+    return specs

@@ -1,0 +1,50 @@
+"""What `nsrun.Sandbox` is given is checked as subprocess would: lists of strings (paths for a
+command's words), a mapping of strings for env; never a string iterated by character or a None
+that becomes the word "None"."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nsrun import Pool, Sandbox
+from nsrun.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "said"),
+    [
+        pytest.param("true", {}, "a list is expected, not str", id="command-string"),
+        pytest.param(b"true", {}, "a list is expected, not bytes", id="command-bytes"),
+        pytest.param(None, {}, "a list is expected, not NoneType", id="command-none"),
+        pytest.param(["echo", None], {}, "None is not a string", id="command-word-none"),
+        pytest.param(["echo", 1], {}, "1 is not a string", id="command-word-int"),
+        pytest.param(["echo", b"x"], {}, "b'x' is not a string", id="command-word-bytes"),
+        pytest.param(["true"], {"env": {"A": 1}}, "'A': 1: names and values are strings", id="env-value"),
+        pytest.param(["true"], {"env": {"A": None}}, "'A': None", id="env-none"),
+        pytest.param(["true"], {"env": ["A=1"]}, "a mapping is expected, not list", id="env-list"),
+        pytest.param(["true"], {"dns": "192.0.2.53"}, "a list is expected, not str", id="dns-string"),
+        pytest.param(["true"], {"volumes": "/srv:/srv"}, "a list is expected, not str", id="volumes-string"),
+        pytest.param(["true"], {"tmpfs": "/tmp"}, "a list is expected, not str", id="tmpfs-string"),
+        pytest.param(["true"], {"cap_add": "NET_RAW"}, "a list is expected, not str", id="cap-add-string"),
+        pytest.param(["true"], {"publish": "8080"}, "a list is expected, not str", id="publish-string"),
+        pytest.param(["true"], {"publish": 8080}, "a list is expected, not int", id="publish-int"),
+    ],
+)
+def test_wrong_types_are_usage_errors(command: Any, options: dict[str, Any], said: str) -> None:
+    with pytest.raises(UsageError, match="invalid") as raised:
+        Sandbox(command, **options)
+    assert said in str(raised.value)
+
+
+def test_a_commands_words_may_be_paths_and_any_iterable() -> None:
+    assert Sandbox([Path("/bin/echo"), "hi"])._request.argv == ("/bin/echo", "hi")
+    assert Sandbox(iter(("echo", "hi")))._request.argv == ("echo", "hi")
+    assert ("A", "1") in Sandbox(["true"], env={"A": "1"})._request.env
+
+
+def test_a_pools_dns_is_a_list_too() -> None:
+    with pytest.raises(UsageError, match="a list is expected, not str"):
+        Pool(dns="192.0.2.53")
