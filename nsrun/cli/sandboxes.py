@@ -92,7 +92,13 @@ def exec_command(
         list[str] | None, typer.Option("--env", "-e", metavar="KEY=VALUE", help="Set a variable; repeatable.")
     ] = None,
     workdir: Annotated[
-        str | None, typer.Option("--workdir", "-w", metavar="DIR", help="Working directory (default: the sandbox's).")
+        str | None,
+        typer.Option(
+            "--workdir",
+            "-w",
+            metavar="DIR",
+            help="Working directory (default: the sandbox's; a relative DIR is in it).",
+        ),
     ] = None,
 ) -> None:
     """Run CMD inside a running sandbox (its network, PID, mount, UTS and IPC namespaces), with its

@@ -96,7 +96,8 @@ def plan_exec(
     return ProcessPlan(
         argv=tuple(argv),
         env=tuple(environment.items()),
-        cwd=workdir or record.cwd,
+        # a relative one is in the sandbox's (entering its mount namespace leaves this process in /)
+        cwd=os.path.normpath(os.path.join(record.cwd, workdir)) if workdir else record.cwd,
         identity=identity,
         confinement=confinement,
         tty=tty,

@@ -142,6 +142,16 @@ def test_env_and_workdir(world: World, tmp_path: Path) -> None:
     assert result.stdout.splitlines() == ["hi there", str(tmp_path)]
 
 
+def test_an_exec_workdir_is_relative_to_the_sandboxs(world: World, tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    started = world.nsrun("-d", "--name", "box", "-w", str(tmp_path), "--", "sleep", world.unique(60))
+    assert started.returncode == 0, started.stderr
+    assert world.nsrun("exec", "box", "pwd").stdout == f"{tmp_path}\n"
+    assert world.nsrun("exec", "-w", "sub", "box", "pwd").stdout == f"{tmp_path}/sub\n"
+    assert world.nsrun("exec", "-w", "/usr", "box", "pwd").stdout == "/usr\n"
+    assert world.nsrun("stop", "box").returncode == 0
+
+
 def test_net_sandbox_joins_a_running_sandbox(world: World, tmp_path: Path) -> None:
     ready, ready2 = tmp_path / "ready", tmp_path / "ready2"
     first = world.nsrun_popen("--name", "first", "--", "sh", "-c", f"touch {ready}; exec sleep 300")
