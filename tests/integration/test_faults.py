@@ -74,6 +74,27 @@ def test_read_only_var_lib_is_said_and_keeps_the_rules(world: World, backend: st
     assert "nsrun:lab" in rules  # the old rules are still in place: the network keeps its NAT
 
 
+def test_a_read_only_proc_sys_is_said_and_changes_nothing(world: World) -> None:
+    """nsrun in a container whose /proc/sys is read-only: forwarding cannot be turned on, nor a
+    sandbox's namespace prepared; one line says so (it said "run nsrun as root", and an
+    internal error for --net none), and nothing is left."""
+    assert world.nsrun("--", "true").returncode == 0
+    before = world.snapshot()
+    world.run("sysctl", "-w", "net.ipv4.ip_forward=0")
+    assert world.run("mount", "--bind", "-o", "ro", "/proc/sys", "/proc/sys").returncode == 0
+    in_process = world.env | {"NSRUN_HELPER": "off"}  # the helper's spare made its namespace before
+    try:
+        for args in (["--", "true"], ["--net", "none", "--", "true"]):
+            result = world.nsrun(*args, env=in_process)
+            assert result.returncode == 125
+            assert "/proc/sys is read-only here" in _one_line(result)
+            assert "in a container given a writable /proc/sys" in result.stderr
+    finally:
+        world.run("umount", "/proc/sys")
+    world.run("sysctl", "-w", "net.ipv4.ip_forward=1")
+    assert world.snapshot() == before
+
+
 def test_full_run_directory_is_said_and_leaves_no_partial_file(world: World) -> None:
     assert world.nsrun("--", "true").returncode == 0
     assert world.run("mount", "-t", "tmpfs", "-o", "size=64k", "small", "/run/nsrun").returncode == 0
