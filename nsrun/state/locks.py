@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import sys
 import time
 from typing import TYPE_CHECKING, Final
 
-from nsrun.errors import NsrunError
+from nsrun.errors import NsrunError, UsageError
 from nsrun.state.files import FILE_MODE, open_private
 
 if TYPE_CHECKING:
@@ -35,10 +36,21 @@ class LockTimeoutError(NsrunError):
 
 
 def lock_timeout() -> float:
-    try:
-        return max(0.0, float(os.environ.get(ENV_LOCK_TIMEOUT, DEFAULT_TIMEOUT)))
-    except ValueError:
+    """NSRUN_LOCK_TIMEOUT: seconds to wait for a lock, 0 or more (`inf`: no bound); else 30."""
+    text = os.environ.get(ENV_LOCK_TIMEOUT, "").strip()
+    if not text:
         return DEFAULT_TIMEOUT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if math.isnan(seconds) or seconds < 0:
+        raise UsageError(
+            f"invalid {ENV_LOCK_TIMEOUT}={text!r}",
+            "expected the seconds to wait for a lock (0 or more)",
+            f"e.g. {ENV_LOCK_TIMEOUT}={DEFAULT_TIMEOUT:g}",
+        )
+    return seconds
 
 
 def _holder(fd: int) -> str:

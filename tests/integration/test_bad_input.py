@@ -63,3 +63,24 @@ def test_first_launch_with_bad_ip_creates_no_default_network(world: World) -> No
     assert result.returncode == 2
     assert world.snapshot() == before
     assert "nsrun0" not in world.links()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NSRUN_LOCK_TIMEOUT", "abc"),
+        ("NSRUN_LOCK_TIMEOUT", "-1"),
+        ("NSRUN_LOCK_TIMEOUT", "nan"),
+        ("NSRUN_FIREWALL", "bogus"),
+    ],
+)
+def test_a_bad_setting_in_the_environment_is_one_line_and_changes_nothing(
+    world: World, variable: str, value: str
+) -> None:
+    assert world.nsrun("--", "true").returncode == 0  # the default network exists (and the helper starts)
+    before = world.snapshot()
+    result = world.nsrun("--", "true", env=world.env | {variable: value})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"nsrun: invalid {variable}={value!r}: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert world.snapshot() == before
