@@ -264,6 +264,35 @@ def test_a_worker_that_does_not_answer_an_abort_is_left_and_nothing_runs(world: 
     assert not never.exists()
 
 
+def test_a_helper_gone_after_an_abort_ends_nsrun_by_its_signal_at_once(world: World, host_dir: Path) -> None:
+    """A signal came during the set-up, and the helper goes away (killed) while nsrun waits for
+    its worker to undo it: nsrun undoes what was made in its name itself and dies of the signal,
+    without waiting ABORT_WAIT and without running the command line (as it would after a plain
+    loss of the helper); nothing is left."""
+    from nsrun.helper.client import ABORT_WAIT
+
+    start_helper(world)
+    before = world.snapshot()
+    never = host_dir / "never"
+    holder = world.popen(sys.executable, "-c", HOLD_REGISTRY_LOCK)  # the worker waits for this lock
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+    try:
+        proc = world.nsrun_popen("--", "sh", "-c", f"echo x >> {never}")
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)  # nsenter execs nsrun: this is nsrun itself
+        time.sleep(0.5)  # it asked for the undo and waits for the answer
+        for pid in world.helper_pids():
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        holder.kill()  # the undo nsrun now does itself needs the lock
+    start = time.monotonic()
+    assert proc.wait(timeout=ABORT_WAIT + 10) == -signal.SIGTERM
+    assert time.monotonic() - start < ABORT_WAIT - 1  # at the helper's end, not after the wait
+    world.wait_for(lambda: world.snapshot() == before, what="nothing left")
+    assert not never.exists()
+
+
 def test_the_helper_exits_when_idle(world: World) -> None:
     world.env["NSRUN_HELPER_IDLE"] = "1"
     start_helper(world)
