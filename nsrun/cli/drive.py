@@ -136,6 +136,8 @@ def show_report(report: dict[str, Any]) -> int:
     if "name" in report:
         print(report["name"], flush=True)
         return 0
+    if report.get("said"):  # the process that tried said why itself
+        return int(report.get("code", EXIT_NSRUN_FAILED))
     print(f"nsrun: {report.get('error', 'the sandbox ended before its command started')}", file=sys.stderr)
     if report.get("log"):
         print(report["log"], end="" if report["log"].endswith("\n") else "\n", file=sys.stderr)

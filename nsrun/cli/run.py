@@ -201,7 +201,7 @@ def launch(  # noqa: PLR0913, PLR0917  # typer passes one parameter per option
         raise UsageError(
             f"invalid --wait-port {wait_port}", f"a port is between 1 and {_MAX_PORT}", "e.g. --wait-port 8080"
         )
-    if wait_timeout <= 0:
+    if not wait_timeout > 0:  # nan too
         raise UsageError(
             f"invalid --wait-timeout {wait_timeout}", "it must be more than 0 seconds", "e.g. --wait-timeout 30"
         )

@@ -520,7 +520,8 @@ def _serve(argv: list[str], *, detached: bool, report: int | None = None) -> int
             if aborted is not None:
                 die_by(aborted)
             if report is not None:
-                os.write(report, marshal.dumps({"error": "the command line was not a launch", "code": 2}))
+                # it ended before a launch (bad input): the worker said why on this stderr already
+                os.write(report, marshal.dumps({"code": int(message["exit"]), "said": True}))
             return int(message["exit"])
         if "detach" in message:
             return _detach(argv)

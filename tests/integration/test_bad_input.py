@@ -84,3 +84,28 @@ def test_a_bad_setting_in_the_environment_is_one_line_and_changes_nothing(
     assert result.stderr.startswith(f"nsrun: invalid {variable}={value!r}: "), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert world.snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        pytest.param(["--ip", "10.200.0.300"], 2, id="malformed-ip"),
+        pytest.param(["--network", "nope"], 125, id="unknown-network"),
+        pytest.param(["--wait-port", "9", "--wait-timeout", "nan"], 2, id="wait-timeout-nan"),
+        pytest.param(["--name", "web"], 125, id="name-in-use"),
+    ],
+)
+def test_bad_input_to_a_detached_launch_is_one_line_with_its_status(world: World, args: list[str], status: int) -> None:
+    """nsrun -d hands its command line to a process of its own (through the helper): what went
+    wrong is said once, with the status of what went wrong."""
+    assert world.nsrun("-d", "--name", "web", "--", "sleep", world.unique(60)).returncode == 0
+    if world.env.get("NSRUN_HELPER") != "off":
+        world.wait_for(world.helper_running, what="the helper")  # the command line goes through it
+    before = world.snapshot()
+    result = world.nsrun("-d", *args, "--", "true")
+    assert result.returncode == status, result.stderr
+    assert result.stderr.startswith("nsrun: ")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stdout == ""
+    assert world.snapshot() == before
+    assert world.nsrun("stop", "web").returncode == 0
