@@ -524,7 +524,10 @@ class Sandbox:
 
     def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10) -> re.Match[str]:
         """Until the command's output matches `pattern`; the match."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        try:
+            regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        except re.error as err:
+            raise UsageError(f"invalid pattern {pattern!r}", str(err), "give a regular expression (re syntax)") from err
         match: re.Match[str] | None = self._ready_loop(f"{regex.pattern!r}", timeout, lambda: regex.search(self.logs()))
         if match is None:
             raise SandboxTimeoutError(f"waiting for {regex.pattern!r}", "no match", "see logs()")
@@ -597,6 +600,7 @@ class Sandbox:
         check: bool = False,
     ) -> subprocess.CompletedProcess[bytes]:
         """Run `argv` inside the sandbox to the end; its output and return code (as subprocess.run)."""
+        argv = arguments.words("command", argv, paths=True)  # once: an iterator is read here
         process = self.popen(
             argv,
             user=user,
@@ -609,10 +613,11 @@ class Sandbox:
         with process:
             try:
                 out, err = process.communicate(input, timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as expired:
                 process.kill()
                 process.wait()
-                raise
+                # as subprocess.run says it: the command that timed out, not nsrun's shim
+                raise subprocess.TimeoutExpired(list(argv), expired.timeout, expired.output, expired.stderr) from None
             finally:
                 process.nsrun_control.close()  # type: ignore[attr-defined]
         result = subprocess.CompletedProcess(list(argv), process.returncode, out, err)

@@ -194,6 +194,11 @@ def main() -> NoReturn:
     if not shim.ended_early:
         ended(outcome)
     if join:
+        if outcome.failure is not None:  # said where the command's errors go, as `nsrun exec` says it
+            try:
+                os.write(2, f"nsrun: {outcome.failure}\n".encode(errors="replace"))
+            except OSError:
+                pass  # no stderr to say it on: the status says it
         _die_like(outcome)
     # the namespaces stay pinned until the caller has ended what joined the sandbox (or went away)
 

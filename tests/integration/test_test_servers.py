@@ -265,6 +265,37 @@ def test_python_api_and_its_callers_children(world: World, tmp_path: Path) -> No
     assert not [n for n in world.links() if n.startswith("nsv")]
 
 
+def test_exec_of_the_api_says_what_subprocess_would(world: World, tmp_path: Path) -> None:
+    """Sandbox.exec: a command that is not found says so on its stderr (127), a timeout names the
+    command that timed out (not nsrun's shim), and a bad pattern to wait for is a UsageError."""
+    script = tmp_path / "api.py"
+    script.write_text(
+        textwrap.dedent("""
+        import subprocess
+        from nsrun import Sandbox, UsageError
+        with Sandbox(["sleep", "60"]) as box:
+            missing = box.exec(["no-such-command"])
+            print(missing.returncode, missing.stderr.decode().strip())
+            try:
+                box.exec(["sleep", "5"], timeout=0.5)
+            except subprocess.TimeoutExpired as expired:
+                print(expired.cmd)
+            try:
+                box.wait_for_log("(", timeout=1)
+            except UsageError as err:
+                print(str(err).split(":")[0])
+        """)
+    )
+    result = world.run(sys.executable, str(script), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "127 nsrun: running 'no-such-command': command not found (check its name and PATH)",
+        "['sleep', '5']",
+        "invalid pattern '('",
+    ]
+    assert not [n for n in world.links() if n.startswith("nsv")]
+
+
 FIXTURE_TESTS = """
 import socket, subprocess
 import pytest
