@@ -296,6 +296,59 @@ def test_exec_of_the_api_says_what_subprocess_would(world: World, tmp_path: Path
     assert not [n for n in world.links() if n.startswith("nsv")]
 
 
+def test_networks_from_python(world: World, tmp_path: Path) -> None:
+    """nsrun.Network: create, ensure (which refuses an existing network that is not what it asks
+    for), get, list, remove; wrong types are UsageErrors; a sandbox on it gets its subnet."""
+    script = tmp_path / "networks.py"
+    script.write_text(
+        textwrap.dedent("""
+        from nsrun import ConflictError, Network, NotFoundError, Sandbox, UsageError
+        KINDS = (ConflictError, NotFoundError, UsageError)
+        def said(call):
+            try:
+                call()
+            except KINDS as err:
+                return next(kind.__name__ for kind in KINDS if isinstance(err, kind))
+            return "nothing"
+        lab = Network.create("lab", subnet="10.123.0.0/24")
+        print(lab.subnet, lab.gateway)
+        print(said(lambda: Network.create("lab", subnet="10.124.0.0/24")))
+        print(Network.ensure("lab", subnet="10.123.0.0/24") == lab, Network.ensure("lab") == lab)
+        print(said(lambda: Network.ensure("lab", subnet="10.125.0.0/24")))
+        print(said(lambda: Network.ensure("lab", internal=True)))
+        print(said(lambda: Network.create("x", subnet=123)), said(lambda: Network.create(None)))
+        print(Network.ensure("other", subnet="10.126.0.0/24").subnet)
+        print(sorted(n.name for n in Network.list()), Network.get("missing"))
+        with Sandbox(["sleep", "30"], network="lab") as box:
+            print(box.address.startswith("10.123.0."))
+            print(said(lambda: Network.remove("lab")))
+        Network.remove("lab")
+        Network.remove("other")
+        print(said(lambda: Network.remove("lab")), Network.list())
+        """)
+    )
+    result = world.run(sys.executable, str(script), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "10.123.0.0/24 10.123.0.1",
+        "ConflictError",
+        "True True",
+        "ConflictError",
+        "ConflictError",
+        "UsageError UsageError",
+        "10.126.0.0/24",
+        "['lab', 'other'] None",
+        "True",
+        "ConflictError",
+        "NotFoundError []",
+    ]
+    after = world.snapshot()  # the networks went with their bridges and rules
+    assert not [link for link in after["links"] if link.startswith(("nsbr-", "nsv"))]
+    assert "nsrun:lab" not in after["nft"] + after["legacy"]
+    assert "nsrun:other" not in after["nft"] + after["legacy"]
+    assert "/networks/" not in after["files"]
+
+
 FIXTURE_TESTS = """
 import socket, subprocess
 import pytest
