@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from nsrun.errors import ConflictError, UsageError
 
@@ -16,8 +16,14 @@ if TYPE_CHECKING:
 __all__ = ["Network"]
 
 
-_TEXT_OPTIONS = ("subnet", "subnet6", "gateway", "bridge")
-_FLAG_OPTIONS = ("internal", "no_host_access")
+# the options given as strings, each with an example for the error that says one is not
+_TEXT_OPTIONS: Final = {
+    "subnet": "10.123.0.0/24",
+    "subnet6": "fd00:123::/64",
+    "gateway": "10.123.0.1",
+    "bridge": "br-lab",
+}
+_FLAG_OPTIONS: Final = ("internal", "no_host_access")
 
 
 def _check_types(name: object, options: dict[str, Any]) -> None:
@@ -25,9 +31,9 @@ def _check_types(name: object, options: dict[str, Any]) -> None:
     a TypeError from deep inside)."""
     if not isinstance(name, str):
         raise UsageError("invalid network name", f"{name!r} is not a string", "e.g. Network.create('lab')")
-    for key in _TEXT_OPTIONS:
+    for key, example in _TEXT_OPTIONS.items():
         if options.get(key) is not None and not isinstance(options[key], str):
-            raise UsageError(f"invalid {key}", f"{options[key]!r} is not a string", "e.g. subnet='10.123.0.0/24'")
+            raise UsageError(f"invalid {key}", f"{options[key]!r} is not a string", f"e.g. {key}={example!r}")
     mtu = options.get("mtu")
     if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int)):
         raise UsageError("invalid mtu", f"{mtu!r} is not an integer", "e.g. mtu=1500")
