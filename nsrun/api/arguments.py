@@ -13,7 +13,7 @@ from nsrun.errors import UsageError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["environment", "publish_specs", "words"]
+__all__ = ["environment", "flag", "publish_specs", "text", "user", "words"]
 
 
 def words(what: str, value: object, *, paths: bool = False) -> list[str]:
@@ -29,6 +29,30 @@ def words(what: str, value: object, *, paths: bool = False) -> list[str]:
             raise UsageError(f"invalid {what}", f"{item!r} is not a string", "give every item as a str")
         found.append(word)
     return found
+
+
+def text(what: str, value: object, *, paths: bool = False) -> str | None:
+    """An optional string option (a path too, for `paths`); UsageError for anything else."""
+    if value is None:
+        return None
+    word = os.fspath(value) if paths and isinstance(value, os.PathLike) else value
+    if not isinstance(word, str):
+        raise UsageError(f"invalid {what}", f"{value!r} is not a string", f"give {what} as a str")
+    return word
+
+
+def user(value: object) -> str | None:
+    """USER[:GROUP] as the CLI takes it, or a uid as subprocess takes one."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return text("user", value)
+
+
+def flag(what: str, value: object) -> bool:
+    """True or False, nothing else: privileged="no" is a string, and a string is true."""
+    if not isinstance(value, bool):
+        raise UsageError(f"invalid {what}", f"{value!r} is not True or False", f"e.g. {what}=True")
+    return value
 
 
 def environment(env: Mapping[str, str] | None) -> list[str]:
@@ -56,6 +80,10 @@ def publish_specs(publish: Sequence[int | str | tuple[int, int]]) -> list[str]:
         if isinstance(item, int):
             specs.append(str(item))
         elif isinstance(item, tuple):
+            if len(item) != 2:  # noqa: PLR2004  # (HOST, PORT)
+                raise UsageError(
+                    f"invalid publish {item!r}", "a tuple is (HOST_PORT, PORT)", "e.g. publish=[(8080, 80)]"
+                )
             specs.append(f"{item[0]}:{item[1]}")
         else:
             specs.append(str(item))

@@ -68,6 +68,7 @@ class Pool:
         if net not in _POOL_NETS:
             raise UsageError(f"invalid net {net!r} for a pool", "it makes bridge or none sandboxes", "e.g. net='none'")
         self.size = size
+        network = arguments.text("network", network)
         self.net, self.network, self.dns = net, network, tuple(arguments.words("dns", dns))
         self.dirs = dirs or StateDirs()
         # what the spares are set up for; each gets its command (and process options) when taken

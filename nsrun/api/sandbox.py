@@ -146,6 +146,16 @@ class Sandbox:
         from nsrun.state.paths import StateDirs
 
         argv = arguments.words("command", command, paths=True)
+        # scalars as the CLI would have them (a None where a string belongs says so here)
+        net = arguments.text("net", net) or ""
+        network = arguments.text("network", network)
+        name = arguments.text("name", name)
+        hostname = arguments.text("hostname", hostname)
+        ip = arguments.text("ip", ip)
+        mac = arguments.text("mac", mac)
+        workdir = arguments.text("workdir", workdir, paths=True)
+        read_only = arguments.flag("read_only", read_only)
+        privileged = arguments.flag("privileged", privileged)
         if pool is not None:
             _check_pooled(net=net, network=network, own=(name, hostname, ip, mac, publish, dns, dirs))
             net, network, dns = pool.net, pool.network, pool.dns
@@ -159,7 +169,7 @@ class Sandbox:
             ip=ip,
             mac=mac,
             publish=arguments.publish_specs(publish),
-            user=user,
+            user=arguments.user(user),
             env=arguments.environment(env),
             workdir=workdir,
             dns=arguments.words("dns", dns),

@@ -48,3 +48,30 @@ def test_a_commands_words_may_be_paths_and_any_iterable() -> None:
 def test_a_pools_dns_is_a_list_too() -> None:
     with pytest.raises(UsageError, match="a list is expected, not str"):
         Pool(dns="192.0.2.53")
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        pytest.param({"privileged": "no"}, "'no' is not True or False", id="privileged-string"),
+        pytest.param({"read_only": 1}, "1 is not True or False", id="read-only-int"),
+        pytest.param({"name": 5}, "5 is not a string", id="name-int"),
+        pytest.param({"hostname": 5}, "5 is not a string", id="hostname-int"),
+        pytest.param({"network": 5}, "5 is not a string", id="network-int"),
+        pytest.param({"ip": 5}, "5 is not a string", id="ip-int"),
+        pytest.param({"mac": b"x"}, "b'x' is not a string", id="mac-bytes"),
+        pytest.param({"workdir": 5}, "5 is not a string", id="workdir-int"),
+        pytest.param({"user": 1.5}, "1.5 is not a string", id="user-float"),
+        pytest.param({"publish": [(1, 2, 3)]}, "a tuple is (HOST_PORT, PORT)", id="publish-triple"),
+    ],
+)
+def test_a_flag_is_a_bool_and_a_scalar_a_string(options: dict[str, Any], said: str) -> None:
+    """privileged="no" would have been true (a non-empty string): confinement off by accident."""
+    with pytest.raises(UsageError, match="invalid") as raised:
+        Sandbox(["true"], **options)
+    assert said in str(raised.value)
+
+
+def test_a_uid_and_a_path_are_taken_as_subprocess_takes_them() -> None:
+    assert Sandbox(["true"], user=65534)._request.user.identity.uid == 65534
+    assert Sandbox(["true"], workdir=Path("/tmp"))._request.cwd == "/tmp"
