@@ -13,7 +13,7 @@ from nsrun.errors import UsageError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["environment", "flag", "publish_specs", "text", "user", "words"]
+__all__ = ["environment", "flag", "publish_specs", "signal_number", "text", "user", "words"]
 
 
 def words(what: str, value: object, *, paths: bool = False) -> list[str]:
@@ -53,6 +53,20 @@ def flag(what: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise UsageError(f"invalid {what}", f"{value!r} is not True or False", f"e.g. {what}=True")
     return value
+
+
+def signal_number(value: object) -> int:
+    """A signal to send: its number (signal.SIGTERM) or its name ("TERM", "SIGTERM")."""
+    import signal
+
+    if isinstance(value, str):
+        name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
+        number = getattr(signal.Signals, name, None) if not name.startswith("SIG_") else None
+    else:
+        number = value if isinstance(value, int) and not isinstance(value, bool) else None
+    if number is None or int(number) not in signal.valid_signals():
+        raise UsageError(f"invalid signal {value!r}", "not a signal name or number", "e.g. signal.SIGTERM or 'TERM'")
+    return int(number)
 
 
 def environment(env: Mapping[str, str] | None) -> list[str]:

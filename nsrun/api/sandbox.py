@@ -429,12 +429,14 @@ class Sandbox:
                     self.kill()
         return self.wait()
 
-    def send_signal(self, signum: int) -> None:
-        """Pass a signal to the command (through the sandbox's init)."""
+    def send_signal(self, signum: int | str) -> None:
+        """Pass a signal to the command (through the sandbox's init): a number (signal.SIGTERM)
+        or a name ("TERM", "SIGTERM"); UsageError for anything else."""
+        signo = arguments.signal_number(signum)
         with self._lock:
             if self._returncode is None and self._control is not None:
                 with contextlib.suppress(OSError):
-                    _send(self._control, {"op": "signal", "signal": int(signum)})
+                    _send(self._control, {"op": "signal", "signal": signo})
 
     def kill(self) -> None:
         """End the whole sandbox at once (SIGKILL of its init: everything in it goes)."""

@@ -483,7 +483,9 @@ class Shim:
         if self.on_control is not None:
             self.on_control(request)
         elif request.get("op") == "signal":
-            self.forward(int(request["signal"]))
+            signo = request.get("signal")
+            if isinstance(signo, int) and 0 < signo < signals.NSIG:  # anything else: not a signal to pass
+                self.forward(signo)
         elif request.get("op") == "kill":
             self.kill()
         return True

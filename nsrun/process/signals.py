@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     Handler = Callable[[int, FrameType | None], object] | int
 
 __all__ = [
+    "NSIG",
     "SIGABRT",
     "SIGALRM",
     "SIGBUS",
@@ -90,6 +91,7 @@ SIG_UNBLOCK: int = _signal.SIG_UNBLOCK
 SIG_SETMASK: int = _signal.SIG_SETMASK
 SIG_DFL: int = _signal.SIG_DFL
 SIG_IGN: int = _signal.SIG_IGN
+NSIG: int = _signal.NSIG  # signal numbers are below it
 
 
 class SigInfo:

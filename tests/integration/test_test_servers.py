@@ -284,6 +284,15 @@ def test_exec_of_the_api_says_what_subprocess_would(world: World, tmp_path: Path
                 box.wait_for_log("(", timeout=1)
             except UsageError as err:
                 print(str(err).split(":")[0])
+            try:
+                box.send_signal(999)
+            except UsageError as err:
+                print(str(err).split(":")[0])
+            from nsrun.process import wire
+            wire.send(box._control, {"op": "signal", "signal": 999})  # its shim takes no harm either
+            print(box.exec(["true"]).returncode, box.returncode)
+            box.send_signal("TERM")
+            print(box.wait(timeout=10))
         """)
     )
     result = world.run(sys.executable, str(script), timeout=60)
@@ -292,6 +301,9 @@ def test_exec_of_the_api_says_what_subprocess_would(world: World, tmp_path: Path
         "127 nsrun: running 'no-such-command': command not found (check its name and PATH)",
         "['sleep', '5']",
         "invalid pattern '('",
+        "invalid signal 999",
+        "0 None",
+        "-15",
     ]
     assert not [n for n in world.links() if n.startswith("nsv")]
 

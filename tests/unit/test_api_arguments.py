@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from nsrun import Pool, Sandbox
+from nsrun.api.arguments import signal_number
 from nsrun.errors import UsageError
 
 
@@ -75,3 +76,14 @@ def test_a_flag_is_a_bool_and_a_scalar_a_string(options: dict[str, Any], said: s
 def test_a_uid_and_a_path_are_taken_as_subprocess_takes_them() -> None:
     assert Sandbox(["true"], user=65534)._request.user.identity.uid == 65534
     assert Sandbox(["true"], workdir=Path("/tmp"))._request.cwd == "/tmp"
+
+
+@pytest.mark.parametrize(("given", "number"), [(15, 15), ("TERM", 15), ("sigterm", 15), ("SIGKILL", 9), ("USR1", 10)])
+def test_a_signal_is_a_number_or_a_name(given: Any, number: int) -> None:
+    assert signal_number(given) == number
+
+
+@pytest.mark.parametrize("given", [0, 999, -1, True, 1.5, "BOGUS", "SIG_IGN", "", None])
+def test_anything_else_is_not_a_signal(given: Any) -> None:
+    with pytest.raises(UsageError, match="not a signal name or number"):
+        signal_number(given)
