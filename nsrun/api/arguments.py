@@ -13,7 +13,7 @@ from nsrun.errors import UsageError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["environment", "flag", "publish_specs", "signal_number", "text", "user", "words"]
+__all__ = ["environment", "flag", "port", "publish_specs", "signal_number", "text", "user", "words"]
 
 
 def words(what: str, value: object, *, paths: bool = False) -> list[str]:
@@ -52,6 +52,16 @@ def flag(what: str, value: object) -> bool:
     """True or False, nothing else: privileged="no" is a string, and a string is true."""
     if not isinstance(value, bool):
         raise UsageError(f"invalid {what}", f"{value!r} is not True or False", f"e.g. {what}=True")
+    return value
+
+
+_MAX_PORT = 65535
+
+
+def port(value: object) -> int:
+    """A port inside the sandbox: an int from 1 to 65535."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_PORT:
+        raise UsageError(f"invalid port {value!r}", f"a port is an int from 1 to {_MAX_PORT}", "e.g. 8080")
     return value
 
 

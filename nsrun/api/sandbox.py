@@ -496,6 +496,7 @@ class Sandbox:
 
     def host_port(self, port: int, proto: str = "tcp") -> int:
         """The host port the sandbox's `port` is published on (chosen at start for `publish=[port]`)."""
+        port = arguments.port(port)
         launch = self._launch
         mappings = launch.publish if launch is not None else ()
         for mapping in mappings:
@@ -531,6 +532,7 @@ class Sandbox:
         """Until a TCP socket listens on `port` inside the sandbox (no connection is made)."""
         from nsrun.process.readiness import listening
 
+        port = arguments.port(port)
         init = int(self._started["init_pid"]) if self._started else 0
         self._ready_loop(f"port {port}", timeout, lambda: listening(init, port))
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from nsrun import Pool, Sandbox
-from nsrun.api.arguments import signal_number
+from nsrun.api.arguments import port, signal_number
 from nsrun.errors import UsageError
 
 
@@ -87,3 +87,11 @@ def test_a_signal_is_a_number_or_a_name(given: Any, number: int) -> None:
 def test_anything_else_is_not_a_signal(given: Any) -> None:
     with pytest.raises(UsageError, match="not a signal name or number"):
         signal_number(given)
+
+
+@pytest.mark.parametrize("given", ["80", 0, 65536, True, 80.0, None])
+def test_a_port_to_wait_for_is_an_int(given: Any) -> None:
+    with pytest.raises(UsageError, match="a port is an int from 1 to 65535"):
+        port(given)
+    with pytest.raises(UsageError, match="a port is an int"):
+        Sandbox(["true"]).wait_for_port(given)  # before it looks at the sandbox
