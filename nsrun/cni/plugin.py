@@ -174,8 +174,16 @@ def _check_netns(path: str) -> None:
         raise CniError(
             spec.UNKNOWN_CONTAINER, f"the container's network namespace {path}: {err.strerror}", "is the container up?"
         ) from err
-    if found.st_dev != os.stat("/proc/self/ns/net").st_dev:
+    own = os.stat("/proc/self/ns/net")
+    if found.st_dev != own.st_dev:
         raise CniError(spec.INVALID_ENVIRONMENT, f"CNI_NETNS {path} is not a namespace file", "e.g. /run/netns/NAME")
+    if found.st_ino == own.st_ino:
+        # an interface, address and default route for a container would be the host's own
+        raise CniError(
+            spec.INVALID_ENVIRONMENT,
+            f"CNI_NETNS {path} is the host's own network namespace (the plugin's)",
+            "give the container's namespace, e.g. /run/netns/NAME",
+        )
 
 
 def _check_request(conf: NetConf) -> Callable[[NetworkSpec], None]:

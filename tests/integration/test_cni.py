@@ -190,6 +190,14 @@ def test_bad_environment_and_a_missing_namespace(world: World) -> None:
     assert "/run/netns/absent" in error["msg"]
     assert leftovers(world) == NOTHING
     assert world.snapshot()["links"] == before["links"]
+    # the plugin's own namespace (the host's) is no container's: nothing is made in it
+    routes = world.run("ip", "route").stdout
+    status, error = cni(world, "ADD", CONF | {"network": "other"}, netns="/proc/self/ns/net", ifname="eth9")
+    assert (status, error["code"]) == (1, 4), error
+    assert "the host's own network namespace" in error["msg"]
+    assert leftovers(world) == NOTHING
+    assert world.snapshot()["links"] == before["links"]
+    assert world.run("ip", "route").stdout == routes
 
 
 def test_version_and_status(world: World) -> None:
