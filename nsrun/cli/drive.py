@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import marshal
 import os
+import select
 import sys
 
-from nsrun.process import wire
+from nsrun.process import signals, wire
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the launch path)
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ __all__ = [
 
 EXIT_NSRUN_FAILED: Final = 125
 _LOG_TAIL_LINES: Final = 20
+_REPORT_CHUNK: Final = 65536
 
 
 class Launch:
@@ -120,15 +122,48 @@ class Reporter:
             os.close(fd)
 
 
-def read_report(fd: int) -> dict[str, Any]:
-    """What a detached sandbox's process reported (closes `fd`); {} if it said nothing."""
-    with os.fdopen(fd, "rb") as reader:
-        raw = reader.read()
+def read_report(fd: int, keeper: int | None = None) -> dict[str, Any]:
+    """What a detached sandbox's process reported (closes `fd`); {} if it said nothing. A signal
+    to this process meanwhile (a Ctrl-C: `keeper`, that process, is in a session of its own) is
+    passed on to `keeper`, which takes it as a foreground nsrun does (the set-up is undone, or
+    the command gets it), and the report says so ("interrupted")."""
+    from nsrun.cli.entry import pending_signal
+
+    raw, passed = b"", None
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = signals.set_wakeup_fd(wake_write)
+    try:
+        while True:
+            if keeper is not None and passed is None and (passed := pending_signal()) is not None:
+                try:
+                    os.kill(keeper, passed)
+                except ProcessLookupError:
+                    pass  # it has ended: its report says how
+            ready = select.select([fd, wake_read], [], [])[0]
+            if wake_read in ready:
+                while _drained(wake_read):
+                    pass
+            if fd in ready:
+                if not (chunk := os.read(fd, _REPORT_CHUNK)):
+                    break
+                raw += chunk
+    finally:
+        signals.set_wakeup_fd(previous)
+        for end in (fd, wake_read, wake_write):
+            os.close(end)
     try:
         report = marshal.loads(raw) if raw else {}  # from our own child, over a pipe
     except (EOFError, ValueError, TypeError):
         report = {}
-    return report if isinstance(report, dict) else {}
+    report = report if isinstance(report, dict) else {}
+    return report | {"interrupted": passed} if passed is not None else report
+
+
+def _drained(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 64))
+    except BlockingIOError:
+        return False
 
 
 def show_report(report: dict[str, Any]) -> int:
@@ -136,7 +171,7 @@ def show_report(report: dict[str, Any]) -> int:
     if "name" in report:
         print(report["name"], flush=True)
         return 0
-    if report.get("said"):  # the process that tried said why itself
+    if report.get("said") or report.get("interrupted"):  # said why itself, or the user stopped it
         return int(report.get("code", EXIT_NSRUN_FAILED))
     print(f"nsrun: {report.get('error', 'the sandbox ended before its command started')}", file=sys.stderr)
     if report.get("log"):
@@ -144,8 +179,8 @@ def show_report(report: dict[str, Any]) -> int:
     return int(report.get("code", EXIT_NSRUN_FAILED))
 
 
-def await_report(fd: int) -> int:
-    return show_report(read_report(fd))
+def await_report(fd: int, keeper: int) -> int:
+    return show_report(read_report(fd, keeper))
 
 
 def redirect_output(log_fd: int) -> None:

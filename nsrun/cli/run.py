@@ -250,7 +250,7 @@ def _detached(request: SandboxRequest, readiness: tuple[int, float] | None) -> i
     """The sandbox goes on in a process of its own (its shim, in a new session); this one returns
     once the command runs (and is ready), printing the sandbox's name."""
     report_read, report_write = os.pipe()
-    if os.fork() == 0:
+    if (keeper := os.fork()) == 0:
         os.close(report_read)
         os.setsid()
         status = EXIT_NSRUN_FAILED
@@ -261,7 +261,7 @@ def _detached(request: SandboxRequest, readiness: tuple[int, float] | None) -> i
     os.close(report_write)
     from nsrun.cli.drive import await_report
 
-    return await_report(report_read)
+    return await_report(report_read, keeper)
 
 
 class LocalController:

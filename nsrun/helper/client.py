@@ -441,7 +441,7 @@ def _detach(argv: list[str]) -> int:
     from nsrun.cli.drive import read_report, show_report
 
     report_read, report_write = os.pipe()
-    if os.fork() == 0:
+    if (keeper := os.fork()) == 0:
         os.close(report_read)
         os.setsid()
         status = 125
@@ -452,7 +452,7 @@ def _detach(argv: list[str]) -> int:
         finally:
             os._exit(status)
     os.close(report_write)
-    report = read_report(report_read)
+    report = read_report(report_read, keeper)
     if report.get("fallback"):
         raise Unavailable("the helper went away")
     return show_report(report)

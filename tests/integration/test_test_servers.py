@@ -114,6 +114,34 @@ def test_wait_port_timeout_stops_the_sandbox_and_shows_its_log(world: World) -> 
     assert "did not listen" in foreground.stderr
 
 
+@pytest.mark.parametrize("moment", [0.05, 1.5])  # during the set-up; while it waits for the port
+def test_ctrl_c_while_a_detached_launch_waits_stops_it_at_once(world: World, moment: float) -> None:
+    """`nsrun -d --wait-port` waits for a process of its own, in a session of its own, which a
+    Ctrl-C at the terminal does not reach: nsrun passes the signal on, so the sandbox is undone or
+    stopped, and nsrun dies of it at once (it waited out --wait-timeout, then said the port did
+    not listen)."""
+    assert world.nsrun("--", "true").returncode == 0
+    if world.env.get("NSRUN_HELPER") != "off":
+        world.wait_for(world.helper_running, what="the helper")
+    before = world.snapshot()
+    proc = world.nsrun_popen("-d", "--name", "w", "--wait-port", "80", "--wait-timeout", "30", "--", "sleep", "60")
+    time.sleep(moment)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)  # nsenter execs nsrun: this is nsrun itself
+    assert proc.wait(timeout=10) == -signal.SIGINT
+    assert time.monotonic() - start < 5
+    assert proc.stderr is not None
+    assert proc.stderr.read() == ""
+
+    def left() -> dict[str, Any]:  # a command that ran keeps its log a day (`nsrun logs w`): not left over
+        snapshot = world.snapshot()
+        kept = ("/run/nsrun/exits/", "/var/lib/nsrun/logs/")
+        files = snapshot["files"].splitlines(keepends=True)
+        return snapshot | {"files": "".join(line for line in files if not line.startswith(kept))}
+
+    world.wait_for(lambda: left() == before, what="nothing left")
+
+
 def test_kill_logs_follow_and_unknown_names(world: World) -> None:
     assert (
         world.nsrun("-d", "--name", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two; sleep 300").returncode
