@@ -123,22 +123,25 @@ class Reporter:
 
 
 def read_report(fd: int, keeper: int | None = None) -> dict[str, Any]:
-    """What a detached sandbox's process reported (closes `fd`); {} if it said nothing. A signal
-    to this process meanwhile (a Ctrl-C: `keeper`, that process, is in a session of its own) is
-    passed on to `keeper`, which takes it as a foreground nsrun does (the set-up is undone, or
-    the command gets it), and the report says so ("interrupted")."""
-    from nsrun.cli.entry import pending_signal
+    """What a detached sandbox's process reported (closes `fd`); {} if it said nothing. Signals
+    to this process meanwhile (a Ctrl-C: `keeper`, that process, is in a session of its own) are
+    passed on to `keeper`, which takes them as a foreground nsrun does (the set-up is undone, or
+    the command gets them), and the report says so ("interrupted": the first)."""
+    from nsrun.cli.entry import pending_signals
 
-    raw, passed = b"", None
+    raw, passed = b"", 0
     wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     previous = signals.set_wakeup_fd(wake_write)
     try:
         while True:
-            if keeper is not None and passed is None and (passed := pending_signal()) is not None:
-                try:
-                    os.kill(keeper, passed)
-                except ProcessLookupError:
-                    pass  # it has ended: its report says how
+            held = pending_signals()
+            if keeper is not None:
+                for signo in held[passed:]:
+                    try:
+                        os.kill(keeper, signo)
+                    except ProcessLookupError:
+                        pass  # it has ended: its report says how
+            passed = len(held)
             ready = select.select([fd, wake_read], [], [])[0]
             if wake_read in ready:
                 while _drained(wake_read):
@@ -156,7 +159,8 @@ def read_report(fd: int, keeper: int | None = None) -> dict[str, Any]:
     except (EOFError, ValueError, TypeError):
         report = {}
     report = report if isinstance(report, dict) else {}
-    return report | {"interrupted": passed} if passed is not None else report
+    held = pending_signals()
+    return report | {"interrupted": held[0]} if keeper is not None and held else report
 
 
 def _drained(fd: int) -> bool:

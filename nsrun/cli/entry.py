@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the 
 if TYPE_CHECKING:
     from typing import Final, NoReturn
 
-__all__ = ["Interrupted", "checkpoint", "die_by", "main", "pending_signal"]
+__all__ = ["Interrupted", "checkpoint", "die_by", "main", "pending_signal", "pending_signals"]
 
 # every signal whose default action would end nsrun without its teardown
 HELD_SIGNALS: Final = (
@@ -61,6 +61,11 @@ def _hold(signum: int, _frame: object) -> None:
 
 def pending_signal() -> int | None:
     return _pending[0] if _pending else None
+
+
+def pending_signals() -> list[int]:
+    """Every signal held so far, oldest first; still held (nsrun dies of the first at its end)."""
+    return list(_pending)
 
 
 def take_pending() -> list[int]:
