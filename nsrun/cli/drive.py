@@ -59,6 +59,7 @@ __all__ = [
     "drive",
     "read_report",
     "redirect_output",
+    "report_failure",
     "show_report",
     "warn",
 ]
@@ -161,6 +162,17 @@ def read_report(fd: int, keeper: int | None = None) -> dict[str, Any]:
     report = report if isinstance(report, dict) else {}
     held = pending_signals()
     return report | {"interrupted": held[0]} if keeper is not None and held else report
+
+
+def report_failure(fd: int, err: Exception) -> None:
+    """What went wrong in a detached sandbox's process, as an internal error (a bug), for the
+    nsrun that waits to say: its own output goes to the sandbox's log by then. The first report
+    is the one read: one already sent stands."""
+    failure = f"internal error: {type(err).__name__}: {err} (rerun with --debug and report it)"
+    try:
+        os.write(fd, marshal.dumps({"error": failure, "code": EXIT_NSRUN_FAILED}))
+    except OSError:
+        pass  # nobody waits any more
 
 
 def _drained(fd: int) -> bool:

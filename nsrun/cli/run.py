@@ -256,6 +256,10 @@ def _detached(request: SandboxRequest, readiness: tuple[int, float] | None) -> i
         status = EXIT_NSRUN_FAILED
         try:
             status = _foreground(request, readiness, report_write)
+        except Exception as err:  # noqa: BLE001  # a bug: said by the nsrun that waits (its stderr is the log)
+            from nsrun.cli.drive import report_failure
+
+            report_failure(report_write, err)
         finally:
             os._exit(status)
     os.close(report_write)

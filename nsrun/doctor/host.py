@@ -76,7 +76,7 @@ def _in_throwaway_netns(probe: Callable[[], None]) -> str | None:
             libc.unshare(libc.CLONE_NEWNET)
             probe()
         except Exception as err:  # noqa: BLE001  # reported to the parent as text
-            os.write(write_end, str(err).encode()[:500])
+            os.write(write_end, str(err).encode(errors="replace")[:500])
             code = 1
         finally:
             os._exit(code)

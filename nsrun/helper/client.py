@@ -449,6 +449,10 @@ def _detach(argv: list[str]) -> int:
             status = _serve(argv, detached=True, report=report_write)
         except Unavailable:
             os.write(report_write, marshal.dumps({"fallback": True}))  # the helper went away: the parent runs it
+        except Exception as err:  # noqa: BLE001  # a bug: said by the nsrun that waits
+            from nsrun.cli.drive import report_failure
+
+            report_failure(report_write, err)
         finally:
             os._exit(status)
     os.close(report_write)

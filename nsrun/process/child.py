@@ -224,6 +224,6 @@ def exec_command(
     except BaseException as err:  # noqa: BLE001  # anything here is reported, then the child ends
         message = f"preparing the sandbox: {err}"
     try:
-        os.write(report_fd, f"{code} {message}".encode()[:1024])
+        os.write(report_fd, f"{code} {message}".encode(errors="backslashreplace")[:1024])
     finally:
         os._exit(code)

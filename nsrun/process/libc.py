@@ -150,13 +150,15 @@ def setns(fd: int, nstype: int) -> None:
 
 def prctl(option: int, arg2: int | str = 0, arg3: int = 0) -> int:
     if isinstance(arg2, str):  # PR_SET_NAME: a pointer to the name
-        name = ctypes.create_string_buffer(arg2.encode()[:15])
+        name = ctypes.create_string_buffer(arg2.encode(errors="replace")[:15])
         return _check(_libc().prctl(option, ctypes.addressof(name), arg3, 0, 0), "prctl")
     return _check(_libc().prctl(option, arg2, arg3, 0, 0), "prctl")
 
 
 def _enc(value: str | None) -> bytes | None:
-    return value.encode() if value is not None else None
+    """A path (or mount option) as the kernel has it: os.fsencode, so that a name that is not
+    UTF-8 (given as surrogates) comes back as the bytes it was."""
+    return os.fsencode(value) if value is not None else None
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -164,7 +166,7 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 
 def umount(target: str, flags: int = MNT_DETACH) -> None:
-    _check(_libc().umount2(target.encode(), flags), f"umount {target}")
+    _check(_libc().umount2(os.fsencode(target), flags), f"umount {target}")
 
 
 def sethostname(name: str) -> None:
@@ -239,7 +241,7 @@ def mount_setattr_readonly(path: str, *, readonly: bool = True) -> None:
     attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0) if readonly else _MountAttr(0, _MOUNT_ATTR_RDONLY, 0, 0)
     flags = _AT_RECURSIVE
     result = _libc().syscall(
-        _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), flags, ctypes.byref(attr), ctypes.sizeof(attr)
+        _SYS_MOUNT_SETATTR, _AT_FDCWD, os.fsencode(path), flags, ctypes.byref(attr), ctypes.sizeof(attr)
     )
     _check(result, f"mount_setattr {path}")
 
@@ -249,12 +251,12 @@ def clone_tree(path: str) -> int:
     (open_tree, Linux 5.2): attached later, it shows none of what this mount namespace mounted
     meanwhile (what propagates from the host's mounts still does, as to a bind)."""
     flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
-    return _check(_libc().syscall(_SYS_OPEN_TREE, _AT_FDCWD, path.encode(), flags), f"open_tree {path}")
+    return _check(_libc().syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(path), flags), f"open_tree {path}")
 
 
 def attach_tree(tree_fd: int, target: str) -> None:
     """Mount a tree `clone_tree` made on `target` (move_mount, Linux 5.2)."""
-    result = _libc().syscall(_SYS_MOVE_MOUNT, tree_fd, b"", _AT_FDCWD, target.encode(), _MOVE_MOUNT_F_EMPTY_PATH)
+    result = _libc().syscall(_SYS_MOVE_MOUNT, tree_fd, b"", _AT_FDCWD, os.fsencode(target), _MOVE_MOUNT_F_EMPTY_PATH)
     _check(result, f"move_mount {target}")
 
 

@@ -28,7 +28,7 @@ def _return_or_die(home: int) -> None:
     try:
         libc.setns(home, libc.CLONE_NEWNET)
     except OSError as err:
-        os.write(2, f"nsrun: fatal: cannot return to the host's network namespace: {err}\n".encode())
+        os.write(2, f"nsrun: fatal: cannot return to the host's network namespace: {err}\n".encode(errors="replace"))
         sys.stderr.flush()
         os._exit(EXIT_NSRUN_FAILED)
 

@@ -67,7 +67,8 @@ def _holder(fd: int) -> str:
 
 def _announce(fd: int) -> None:
     """Write who holds the lock into it, for whoever times out waiting."""
-    text = f"{os.getpid()} {' '.join(sys.argv)[: _HOLDER_LIMIT - 12]}\n".encode()
+    # an argument that is not UTF-8 (surrogates) is shown escaped: this is for people to read
+    text = f"{os.getpid()} {' '.join(sys.argv)[: _HOLDER_LIMIT - 12]}\n".encode(errors="backslashreplace")
     with contextlib.suppress(OSError):
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)

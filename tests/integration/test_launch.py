@@ -102,6 +102,27 @@ def test_a_closed_standard_descriptor_is_dev_null_for_the_command(
     assert report.read_text().split()[fd] == "/dev/null"
 
 
+NOT_UTF8 = os.fsdecode(b"x\xff")  # a byte that is no UTF-8: Python holds it as a surrogate
+
+
+def test_words_and_paths_that_are_not_utf8_pass_as_they_are(world: World, tmp_path: Path) -> None:
+    """Arguments are bytes to the kernel: one that is not UTF-8 reaches the command as it was
+    given, in the foreground and detached (whose lock and record once failed on it: "the sandbox
+    ended before its command started"), and so does a volume's path."""
+    hexed = ["--", "sh", "-c", 'printf %s "$1" | od -An -tx1', "sh", NOT_UTF8]
+    assert world.nsrun(*hexed).stdout.split() == ["78", "ff"]
+    started = world.nsrun("-d", "--name", "u", "--", "sh", "-c", f"sleep {world.unique(30)}", NOT_UTF8)
+    assert started.returncode == 0, started.stderr
+    (listed,) = json.loads(world.nsrun("ls", "--json").stdout)
+    assert listed["command"][-1] == NOT_UTF8
+    assert world.nsrun("stop", "u").returncode == 0
+    source = tmp_path / NOT_UTF8
+    source.mkdir()
+    (source / "f").write_text("in a volume\n")
+    mounted = world.nsrun("-v", f"{source}:/mnt:ro", "--", "cat", "/mnt/f")
+    assert (mounted.returncode, mounted.stdout) == (0, "in a volume\n"), mounted.stderr
+
+
 def test_two_sandboxes_on_one_network_reach_each_other(world: World) -> None:
     assert world.nsrun("network", "create", "lab", "--subnet", "10.123.0.0/24").returncode == 0
     server = world.nsrun_popen(
