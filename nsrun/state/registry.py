@@ -268,9 +268,22 @@ class Registry:
         """Whether `live` would reclaim anything: a stale record, or a half-written one (which
         may also be a write under way). Read without the lock, which it leaves to launches: a
         reclaim in the background, at low priority, must not hold it while it reads them all."""
-        if self._partials():
+        if self._partials() or self._orphans():
             return True
         return any(isinstance(item, SandboxRecord) and is_stale(item) for item in self._scan())
+
+    def _orphans(self) -> list[str]:
+        """Ids whose files directory has no record: a launch writes its record before the
+        directory and a teardown removes it first, so such a directory was left by a process
+        killed in between (a helper's worker killed mid-launch) or is going right now."""
+        if not self.directory.is_dir():
+            return []
+        names = set(os.listdir(self.directory))
+        return sorted(
+            name
+            for name in names
+            if ID_RE.fullmatch(name) and f"{name}{_SUFFIX}" not in names and (self.directory / name).is_dir()
+        )
 
     def _partials(self) -> list[str]:
         """Names of half-written records (or of writes under way)."""
@@ -403,10 +416,13 @@ class Registry:
             self.remove(record)
 
     def _sweep(self, is_stale: Callable[[SandboxRecord], bool]) -> list[SandboxRecord]:
-        """Live records; stale ones are reclaimed, half-written ones removed. Call locked."""
+        """Live records; stale ones are reclaimed, half-written ones and files directories
+        without a record removed. Call locked."""
         live: list[SandboxRecord] = []
         for name in self._partials():
             files.remove_file(self.directory / name)
+        for sandbox_id in self._orphans():
+            files.remove_tree(self.files(sandbox_id))
         for item in self._scan():
             if not isinstance(item, SandboxRecord):
                 continue

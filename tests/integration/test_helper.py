@@ -136,6 +136,9 @@ def test_a_helper_killed_mid_launch_leaves_nothing(world: World, moment: float) 
     assert proc.returncode == 0, err  # the launch still succeeds: in-process if it must
     assert out == "ran\n"
     assert "Traceback" not in err
+    # the fallback started a helper: through it, a launch is followed by a reclaim in the
+    # background (in-process, at most one a second reclaims, and this one may come sooner)
+    world.wait_for(world.helper_running, what="the new helper")
     assert world.nsrun("--", "true").returncode == 0  # reclaims whatever a killed worker left
     try:
         world.wait_for(lambda: world.snapshot() == before, what="nothing left")

@@ -19,8 +19,13 @@ _NO_SUCH_PID = -1  # /proc/-1 does not exist: only the clock can tell its start 
 
 def _fork_between() -> tuple[subprocess.Popen[bytes], int, int]:
     before = liveness.boot_clock()
-    child = subprocess.Popen([sys.executable, "-I", "-S", "-c", "pass"])
+    # it waits for its stdin: alive (not a zombie) while it is looked at
+    child = subprocess.Popen([sys.executable, "-I", "-S", "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     return child, before, liveness.boot_clock()
+
+
+def _end(child: subprocess.Popen[bytes]) -> None:
+    child.communicate()  # closes its stdin: it ends
 
 
 def test_the_start_time_from_the_clock_is_the_kernels() -> None:
@@ -34,7 +39,7 @@ def test_the_start_time_from_the_clock_is_the_kernels() -> None:
             holder = Holder.of_child(child.pid, before, after)
             assert liveness.holder_alive(holder.pid, holder.start_time, holder.pidns)
         finally:
-            child.wait()
+            _end(child)
     assert from_the_clock > _FORKS // 2  # a fork takes well under a tick (10 ms)
 
 
@@ -46,4 +51,4 @@ def test_readings_across_a_tick_read_proc() -> None:
         with pytest.raises(ProcessLookupError):
             liveness.start_time_of_child(_NO_SUCH_PID, before, later)
     finally:
-        child.wait()
+        _end(child)
