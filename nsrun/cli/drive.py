@@ -55,11 +55,10 @@ __all__ = [
     "Launch",
     "Reporter",
     "SetupFailed",
-    "await_report",
+    "detach",
     "drive",
     "read_report",
     "redirect_output",
-    "report_failure",
     "show_report",
     "warn",
 ]
@@ -123,63 +122,65 @@ class Reporter:
             os.close(fd)
 
 
-def read_report(fd: int, keeper: int | None = None) -> dict[str, Any]:
-    """What a detached sandbox's process reported (closes `fd`); {} if it said nothing. Signals
-    to this process meanwhile (a Ctrl-C: `keeper`, that process, is in a session of its own) are
-    passed on to `keeper`, which takes them as a foreground nsrun does (the set-up is undone, or
-    the command gets them), and the report says so ("interrupted": the first)."""
+def detach(body: Callable[[int], int]) -> dict[str, Any]:
+    """Run `body` in a process of its own, in a new session (a detached sandbox's keeper, which
+    outlives this one), and return what it reported on the descriptor `body` is given. A bug in
+    it is reported as an internal error (its output goes to the sandbox's log by then)."""
+    report_read, report_write = os.pipe()
+    if (keeper := os.fork()) == 0:
+        os.close(report_read)
+        os.setsid()
+        status = EXIT_NSRUN_FAILED
+        try:
+            status = body(report_write)
+        except Exception as err:  # noqa: BLE001  # a bug: said by the nsrun that waits
+            failure = f"internal error: {type(err).__name__}: {err} (rerun with --debug and report it)"
+            try:
+                os.write(report_write, marshal.dumps({"error": failure, "code": EXIT_NSRUN_FAILED}))
+            except OSError:
+                pass  # nobody waits any more
+        finally:
+            os._exit(status)
+    os.close(report_write)
+    return read_report(report_read, keeper)
+
+
+def read_report(fd: int, keeper: int) -> dict[str, Any]:
+    """What a detached sandbox's keeper reported (closes `fd`); {} if it said nothing. Signals
+    to this process meanwhile (a Ctrl-C: `keeper` is in a session of its own) are passed on to
+    `keeper`, which takes them as a foreground nsrun does (the set-up is undone, or the command
+    gets them), and the report says so ("interrupted": the first). The first report is the one
+    read: one sent after it does not count."""
     from nsrun.cli.entry import pending_signals
 
     raw, passed = b"", 0
-    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous = signals.set_wakeup_fd(wake_write)
+    wakeup = signals.Wakeup()
     try:
-        while True:
-            held = pending_signals()
-            if keeper is not None:
+        with wakeup as wake:
+            while True:
+                held = pending_signals()
                 for signo in held[passed:]:
                     try:
                         os.kill(keeper, signo)
                     except ProcessLookupError:
                         pass  # it has ended: its report says how
-            passed = len(held)
-            ready = select.select([fd, wake_read], [], [])[0]
-            if wake_read in ready:
-                while _drained(wake_read):
-                    pass
-            if fd in ready:
-                if not (chunk := os.read(fd, _REPORT_CHUNK)):
-                    break
-                raw += chunk
+                passed = len(held)
+                ready = select.select([fd, wake], [], [])[0]
+                if wake in ready:
+                    wakeup.drain()
+                if fd in ready:
+                    if not (chunk := os.read(fd, _REPORT_CHUNK)):
+                        break
+                    raw += chunk
     finally:
-        signals.set_wakeup_fd(previous)
-        for end in (fd, wake_read, wake_write):
-            os.close(end)
+        os.close(fd)
     try:
         report = marshal.loads(raw) if raw else {}  # from our own child, over a pipe
     except (EOFError, ValueError, TypeError):
         report = {}
     report = report if isinstance(report, dict) else {}
     held = pending_signals()
-    return report | {"interrupted": held[0]} if keeper is not None and held else report
-
-
-def report_failure(fd: int, err: Exception) -> None:
-    """What went wrong in a detached sandbox's process, as an internal error (a bug), for the
-    nsrun that waits to say: its own output goes to the sandbox's log by then. The first report
-    is the one read: one already sent stands."""
-    failure = f"internal error: {type(err).__name__}: {err} (rerun with --debug and report it)"
-    try:
-        os.write(fd, marshal.dumps({"error": failure, "code": EXIT_NSRUN_FAILED}))
-    except OSError:
-        pass  # nobody waits any more
-
-
-def _drained(fd: int) -> bool:
-    try:
-        return bool(os.read(fd, 64))
-    except BlockingIOError:
-        return False
+    return report | {"interrupted": held[0]} if held else report
 
 
 def show_report(report: dict[str, Any]) -> int:
@@ -193,10 +194,6 @@ def show_report(report: dict[str, Any]) -> int:
     if report.get("log"):
         print(report["log"], end="" if report["log"].endswith("\n") else "\n", file=sys.stderr)
     return int(report.get("code", EXIT_NSRUN_FAILED))
-
-
-def await_report(fd: int, keeper: int) -> int:
-    return show_report(read_report(fd, keeper))
 
 
 def redirect_output(log_fd: int) -> None:

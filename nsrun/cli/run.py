@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Final
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 import typer
 
 from nsrun.cli.common import ARGV_KEY, app, require_root, state
-from nsrun.errors import EXIT_NSRUN_FAILED, NsrunError, TeardownError, UsageError
+from nsrun.errors import NsrunError, TeardownError, UsageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -249,23 +248,9 @@ def _launch(request: SandboxRequest, readiness: tuple[int, float] | None, *, det
 def _detached(request: SandboxRequest, readiness: tuple[int, float] | None) -> int:
     """The sandbox goes on in a process of its own (its shim, in a new session); this one returns
     once the command runs (and is ready), printing the sandbox's name."""
-    report_read, report_write = os.pipe()
-    if (keeper := os.fork()) == 0:
-        os.close(report_read)
-        os.setsid()
-        status = EXIT_NSRUN_FAILED
-        try:
-            status = _foreground(request, readiness, report_write)
-        except Exception as err:  # noqa: BLE001  # a bug: said by the nsrun that waits (its stderr is the log)
-            from nsrun.cli.drive import report_failure
+    from nsrun.cli.drive import detach, show_report
 
-            report_failure(report_write, err)
-        finally:
-            os._exit(status)
-    os.close(report_write)
-    from nsrun.cli.drive import await_report
-
-    return await_report(report_read, keeper)
+    return show_report(detach(lambda report: _foreground(request, readiness, report)))
 
 
 class LocalController:

@@ -215,9 +215,8 @@ class _Waiter:
     def _next(self, deadline: float | None) -> tuple[dict[str, Any] | None, list[int]]:
         from nsrun.cli.entry import die_by, pending_signal
 
-        wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        previous = signals.set_wakeup_fd(wake_write)
-        try:
+        wakeup = signals.Wakeup()
+        with wakeup as wake:
             while True:
                 if (signum := pending_signal()) is not None and self.aborted is None:
                     if not self.taken:
@@ -230,19 +229,12 @@ class _Waiter:
                     except OSError:
                         pass  # the helper is gone: its answer (none) says so
                 timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
-                ready, _, _ = select.select([self.channel.fileno(), wake_read], [], [], timeout)
+                ready, _, _ = select.select([self.channel.fileno(), wake], [], [], timeout)
                 if self.channel.fileno() in ready:
                     return self.channel.receive()
                 if not ready and _unanswered(self.channel, 0):
                     self._give_up()
-                try:
-                    os.read(wake_read, 64)
-                except BlockingIOError:
-                    pass
-        finally:
-            signals.set_wakeup_fd(previous)
-            os.close(wake_read)
-            os.close(wake_write)
+                wakeup.drain()
 
     def _give_up(self) -> NoReturn:
         from nsrun.cli.entry import die_by
@@ -436,27 +428,18 @@ def _launch(channel: Channel, info: dict[str, Any], fds: list[int], report: int 
 
 
 def _detach(argv: list[str]) -> int:
-    """The sandbox's shim must outlive this process: a child of its own, in a new session, asks
+    """The sandbox's shim must outlive this process: a keeper of its own, in a new session, asks
     again; this one waits for its report."""
-    from nsrun.cli.drive import read_report, show_report
+    from nsrun.cli.drive import detach, show_report
 
-    report_read, report_write = os.pipe()
-    if (keeper := os.fork()) == 0:
-        os.close(report_read)
-        os.setsid()
-        status = 125
+    def keep(report: int) -> int:
         try:
-            status = _serve(argv, detached=True, report=report_write)
+            return _serve(argv, detached=True, report=report)
         except Unavailable:
-            os.write(report_write, marshal.dumps({"fallback": True}))  # the helper went away: the parent runs it
-        except Exception as err:  # noqa: BLE001  # a bug: said by the nsrun that waits
-            from nsrun.cli.drive import report_failure
+            os.write(report, marshal.dumps({"fallback": True}))  # the helper went away: the parent runs it
+            return 125
 
-            report_failure(report_write, err)
-        finally:
-            os._exit(status)
-    os.close(report_write)
-    report = read_report(report_read, keeper)
+    report = detach(keep)
     if report.get("fallback"):
         raise Unavailable("the helper went away")
     return show_report(report)

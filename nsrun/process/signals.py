@@ -7,6 +7,7 @@ path between `nsrun` starting and the command running. The numbers are all nsrun
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub: typed by the wrappers below
+import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ __all__ = [
     "SIG_IGN",
     "SIG_SETMASK",
     "SIG_UNBLOCK",
+    "Wakeup",
     "pthread_sigmask",
     "set_wakeup_fd",
     "signal",
@@ -117,6 +119,29 @@ def valid_signals() -> set[int]:
 def set_wakeup_fd(fd: int) -> int:
     previous: int = _signal.set_wakeup_fd(fd)
     return previous
+
+
+class Wakeup:
+    """`with Wakeup() as fd`: a pipe that becomes readable when a signal arrives
+    (set_wakeup_fd), so that a select() loop wakes for a signal a handler only held; `drain()`
+    empties it; the previous wakeup descriptor comes back at the end."""
+
+    def __enter__(self) -> int:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous = set_wakeup_fd(self._write)
+        return self._read
+
+    def __exit__(self, *_exc: object) -> None:
+        set_wakeup_fd(self._previous)
+        os.close(self._read)
+        os.close(self._write)
+
+    def drain(self) -> None:
+        try:
+            while os.read(self._read, 64):
+                pass
+        except BlockingIOError:
+            pass
 
 
 def sigwaitinfo(mask: Iterable[int]) -> SigInfo:
