@@ -22,6 +22,8 @@ from nsrun.helper.server import SPARES
 from tests.world import SYSTEM_PYTHON
 
 if TYPE_CHECKING:
+    import subprocess
+
     from tests.world import World
 
 pytestmark = pytest.mark.privileged
@@ -240,6 +242,14 @@ HOLD_REGISTRY_LOCK = textwrap.dedent("""
 """)
 
 
+def hold_registry_lock(world: World) -> subprocess.Popen[str]:
+    """A process that holds the sandbox registry lock (for 60 s, or until killed)."""
+    holder = world.popen(sys.executable, "-c", HOLD_REGISTRY_LOCK)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
 def test_a_worker_that_does_not_answer_an_abort_is_left_and_nothing_runs(world: World, host_dir: Path) -> None:
     """The helper took the request, but its worker is stuck (here on the registry lock, which
     another process holds): a signal to nsrun asks it to undo the set-up; unanswered for
@@ -250,9 +260,7 @@ def test_a_worker_that_does_not_answer_an_abort_is_left_and_nothing_runs(world: 
     start_helper(world)
     before = world.snapshot()
     never = host_dir / "never"
-    holder = world.popen(sys.executable, "-c", HOLD_REGISTRY_LOCK)
-    assert holder.stdout is not None
-    assert holder.stdout.readline() == "held\n"
+    holder = hold_registry_lock(world)
     try:
         proc = world.nsrun_popen("--", "sh", "-c", f"echo x >> {never}")
         time.sleep(1)
@@ -277,9 +285,7 @@ def test_a_helper_gone_after_an_abort_ends_nsrun_by_its_signal_at_once(world: Wo
     start_helper(world)
     before = world.snapshot()
     never = host_dir / "never"
-    holder = world.popen(sys.executable, "-c", HOLD_REGISTRY_LOCK)  # the worker waits for this lock
-    assert holder.stdout is not None
-    assert holder.stdout.readline() == "held\n"
+    holder = hold_registry_lock(world)  # the worker waits for this lock
     try:
         proc = world.nsrun_popen("--", "sh", "-c", f"echo x >> {never}")
         time.sleep(1)
