@@ -4,12 +4,13 @@ goes with `close()` or with its program, and a spare that died is not handed out
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import textwrap
-import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,8 +18,6 @@ import pytest
 from tests.world import PEER_CLIENT, SYSTEM_PYTHON, UPLINK_ADDRESS, WAN_ADDRESS
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tests.world import World
 
 pytestmark = pytest.mark.privileged
@@ -30,6 +29,13 @@ SHIM = "nsrun.process.shim_main"  # in the command line of a shim, and of an ini
 def _records(world: World) -> list[dict[str, object]]:
     records: list[dict[str, object]] = json.loads(world.nsrun("ls", "--json").stdout)
     return records
+
+
+def _state(pid: str) -> str:
+    """A process's state letter (R, S, T, Z...), from /proc/PID/stat."""
+    with contextlib.suppress(FileNotFoundError):
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    return "gone"
 
 
 def _without(snapshot: dict[str, Any], sandbox_ids: list[str]) -> dict[str, Any]:
@@ -117,13 +123,21 @@ def test_killed_spares_are_passed_over_and_a_killed_program_leaks_nothing(world:
     killed, stopped = (str(record["pid"]) for record in spares)
     subprocess.run(["kill", "-9", killed], check=True)  # a spare's shim, as an OOM killer would
     subprocess.run(["kill", "-STOP", stopped], check=True)  # one that dies once it is handed its plan
+    # a signal is delivered, not yet acted on, when kill(1) returns: a spare taken while its shim
+    # is still dying is a launch that fails (or is killed) as it starts, not one passed over
+    world.wait_for(lambda: _state(killed) in ("Z", "gone"), what="the killed shim to be dead (its parent reaps it)")
+    world.wait_for(lambda: _state(stopped) == "T", what="the stopped shim to be stopped")
     program.stdin.write("go\n")
     program.stdin.flush()
-    time.sleep(0.5)
     # the first spare is passed over (its command's process died with its shim); the second's
     # command was given its plan without its shim, and started: it ends when the shim is killed
+    first = ["sh", "-c", "exit 7"]
+    world.wait_for(lambda: first in [r["command"] for r in _records(world)], what="the stopped spare to be taken")
     subprocess.run(["kill", "-9", stopped], check=True)
     ended = [program.stdout.readline().split() for _ in range(2)]
+    if not all(ended):  # the program ended early: what it said is the failure
+        program.kill()
+        raise AssertionError(f"the program printed {ended}; its stderr: {program.communicate()[1]}")
     assert [code for code, _ in ended] == ["-9", "8"]
     world.wait_for(lambda: len(_records(world)) == 2, what="the pool to make spares again")
     program.send_signal(signal.SIGKILL)  # the program dies with its pool open: the spares' shims go with it
