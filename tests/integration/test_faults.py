@@ -307,7 +307,8 @@ def test_a_stuck_lock_holder_is_named_within_the_bound(world: World) -> None:
     holder = world.popen(
         "flock", "/run/nsrun/sandboxes.lock", "sh", "-c", "echo 4242 stuck-tool > /run/nsrun/sandboxes.lock; sleep 60"
     )
-    time.sleep(0.5)
+    lock = "/run/nsrun/sandboxes.lock"
+    world.wait_for(lambda: "stuck-tool" in world.run("cat", lock).stdout, what="the holder to hold the lock")
     world.env["NSRUN_LOCK_TIMEOUT"] = "1"
     begin = time.monotonic()
     result = world.nsrun("--", "true")
