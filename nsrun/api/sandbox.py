@@ -642,8 +642,14 @@ class Sandbox:
     def _record(self) -> Any:
         from nsrun.launch.records import is_stale, registry
 
-        if self._launch is None or self._returncode is not None:
-            raise NsrunError(f"entering sandbox {self.name!r}", "it is not running", "start() it first")
+        if self._launch is None:
+            raise NsrunError(f"entering sandbox {self.name!r}", "it was not started", "start() it first")
+        if self._returncode is not None:
+            raise SandboxExitedError(
+                f"entering sandbox {self.name!r}",
+                f"it has ended (its command ended with {self._returncode})",
+                "start a new Sandbox; logs() shows what it said",
+            )
         return registry(self._dirs).find(self._launch.sandbox_id, is_stale)
 
     def __repr__(self) -> str:

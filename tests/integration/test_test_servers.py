@@ -321,6 +321,11 @@ def test_exec_of_the_api_says_what_subprocess_would(world: World, tmp_path: Path
             print(box.exec(["true"]).returncode, box.returncode)
             box.send_signal("TERM")
             print(box.wait(timeout=10))
+        from nsrun import SandboxExitedError
+        try:
+            box.exec(["true"])
+        except SandboxExitedError as err:
+            print(str(err).split(": ", 1)[1].split(" (")[0])
         """)
     )
     result = world.run(sys.executable, str(script), timeout=60)
@@ -332,6 +337,7 @@ def test_exec_of_the_api_says_what_subprocess_would(world: World, tmp_path: Path
         "invalid signal 999",
         "0 None",
         "-15",
+        "it has ended",  # exec once it ended
     ]
     assert not [n for n in world.links() if n.startswith("nsv")]
 
