@@ -124,15 +124,22 @@ def _guard_check(spec: NetworkSpec) -> Check:
 
 def _overlaps(view: View, ipr: Any) -> Iterator[Check]:
     from nsrun.net import netlink
+    from nsrun.networks.manager import holds_gateway, renamed_bridge
     from nsrun.networks.spec import first_overlap
 
     ours = {spec.bridge for spec in view.networks}
-    routes = [(r.network, r.label) for r in netlink.host_routes(ipr) if r.ifname not in ours]
+    candidates = [r for r in netlink.host_routes(ipr) if r.ifname not in ours]
+    routes = [(r.network, r.label) for r in candidates]
     clashes = False
     for spec in view.networks:
         clash = first_overlap(spec.subnet, routes)
         if clash:
             clashes = True
+            ifname = candidates[routes.index(clash)].ifname
+            if holds_gateway(ipr, spec, ifname):
+                why, fix = renamed_bridge(spec, ifname)
+                yield Check(f"subnet of network {spec.name}", Status.FAIL, why, fix)
+                continue
             yield Check(
                 f"subnet of network {spec.name}",
                 Status.FAIL,

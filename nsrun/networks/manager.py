@@ -221,20 +221,47 @@ def unleased_addresses(spec: NetworkSpec, store: LeaseStore) -> frozenset[ipaddr
     return frozenset(found)
 
 
-def check_subnet_still_free(spec: NetworkSpec) -> None:
+def check_subnet_still_free(spec: NetworkSpec, ipr: Rtnl) -> None:
     """A route that appeared since the network was created (a VPN came up) would take part of the
     sandboxes' traffic, or theirs would shadow it: refuse rather than misroute. (The main table
     from /proc: at every launch, a netlink dump would cost more than the rest of the check.)"""
     from nsrun.net.routes import main_routes
 
-    routes = [(r.network, r.label) for r in main_routes() if r.network.prefixlen and r.ifname != spec.bridge]
+    candidates = [r for r in main_routes() if r.network.prefixlen and r.ifname != spec.bridge]
+    routes: list[tuple[AnyNetwork, str]] = [(r.network, r.label) for r in candidates]
     clash = first_overlap(spec.subnet, routes)
-    if clash:
-        raise ConflictError(
-            f"network {spec.name!r}",
-            f"its subnet {spec.subnet} now overlaps {clash[0]} ({clash[1]})",
-            f"recreate it elsewhere: nsrun network rm {spec.name} && nsrun network create {spec.name}",
-        )
+    if clash is None:
+        return
+    ifname = candidates[routes.index(clash)].ifname
+    if holds_gateway(ipr, spec, ifname):
+        raise ConflictError(f"network {spec.name!r}", *renamed_bridge(spec, ifname))
+    raise ConflictError(
+        f"network {spec.name!r}",
+        f"its subnet {spec.subnet} now overlaps {clash[0]} ({clash[1]})",
+        f"recreate it elsewhere: nsrun network rm {spec.name} && nsrun network create {spec.name}",
+    )
+
+
+def holds_gateway(ipr: Rtnl, spec: NetworkSpec, ifname: str) -> bool:
+    """Whether interface `ifname`, not the network's bridge, holds the network's gateway address:
+    its bridge under another name (`ip link set nsrun0 name x`), not another network's route."""
+    if ifname in ("", "*", spec.bridge):  # a route without one interface
+        return False
+    try:
+        addresses = netlink.interface_addresses(ipr, ifname)
+    except NsrunError:
+        return False  # what the overlap itself says is enough
+    return f"{spec.gateway}/{spec.subnet.prefixlen}" in (addresses or [])
+
+
+def renamed_bridge(spec: NetworkSpec, ifname: str) -> tuple[str, str]:
+    """Why and what to do, for a network whose gateway address is on `ifname` (see holds_gateway)."""
+    why = f"its gateway {spec.gateway} is on {ifname}, not on its bridge {spec.bridge}: the bridge was renamed"
+    fix = (
+        f"rename it back with `ip link set {ifname} name {spec.bridge}`, or delete it with"
+        f" `ip link del {ifname}` and the next launch makes {spec.bridge} again"
+    )
+    return why, fix
 
 
 def _wanted_backend(recorded: str | None) -> str:
@@ -263,7 +290,7 @@ def ensure_host_side(
     With `store` (its lease store, locked by the caller), veths of its running sandboxes are
     ports of the bridge again if it had to be recreated; not `launching`, a launch's own veth,
     which joins once its filter is in place."""
-    check_subnet_still_free(spec)
+    check_subnet_still_free(spec, ipr)
     addresses: list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = [(spec.gateway, spec.subnet.prefixlen)]
     if spec.subnet6 is not None and spec.gateway6 is not None:
         addresses.append((spec.gateway6, spec.subnet6.prefixlen))

@@ -90,6 +90,25 @@ def test_subnet_is_rechecked_against_host_routes_at_each_launch(world: World) ->
     assert not [n for n in world.links() if n.startswith("nsv")]
 
 
+def test_a_renamed_bridge_is_named_with_its_fix(world: World) -> None:
+    """Someone renamed the network's bridge: its gateway's route is on another interface now.
+    Not "recreate the network elsewhere": the bridge is named, and its fix works."""
+    assert world.nsrun("--", "true").returncode == 0
+    assert world.run("ip", "link", "set", "nsrun0", "name", "renamed0").returncode == 0
+    result = world.nsrun("--", "true")
+    assert result.returncode == 125
+    assert result.stderr.count("\n") == 1
+    assert "on renamed0, not on its bridge nsrun0" in result.stderr
+    assert "`ip link set renamed0 name nsrun0`" in result.stderr
+    assert not [n for n in world.links() if n.startswith("nsv")]
+    doctor = world.nsrun("doctor")
+    assert doctor.returncode == 1
+    assert "ip link del renamed0" in doctor.stdout
+    assert world.run("ip", "link", "del", "renamed0").returncode == 0  # the fix it gives
+    assert world.nsrun("--", "true").returncode == 0
+    assert world.nsrun("doctor").returncode == 0
+
+
 PEER_SERVER6 = """
 import socket, sys
 s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
