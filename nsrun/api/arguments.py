@@ -13,7 +13,7 @@ from nsrun.errors import UsageError
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["environment", "flag", "port", "publish_specs", "signal_number", "text", "user", "words"]
+__all__ = ["environment", "flag", "port", "publish_specs", "seconds", "signal_number", "text", "user", "words"]
 
 
 def words(what: str, value: object, *, paths: bool = False) -> list[str]:
@@ -63,6 +63,14 @@ def port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_PORT:
         raise UsageError(f"invalid port {value!r}", f"a port is an int from 1 to {_MAX_PORT}", "e.g. 8080")
     return value
+
+
+def seconds(what: str, value: object) -> float:
+    """A timeout: a number of seconds, 0 or more (inf: no bound); not a string, a bool or NaN,
+    which would fail deep inside or wait forever."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:  # NaN is not >= 0
+        raise UsageError(f"invalid {what} {value!r}", "a number of seconds, 0 or more, is expected", f"e.g. {what}=10")
+    return float(value)
 
 
 def signal_number(value: object) -> int:

@@ -419,6 +419,7 @@ class Sandbox:
     def stop(self, timeout: float = 10) -> int:
         """SIGTERM to the command; after `timeout` seconds SIGKILL of the whole sandbox. Its
         return code (negative: the signal that ended it)."""
+        timeout = arguments.seconds("timeout", timeout)
         with self._lock:
             if self._launch is None:
                 raise NsrunError(f"stopping sandbox {self.name!r}", "it was not started", "call start() first")
@@ -448,6 +449,8 @@ class Sandbox:
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait until the sandbox has ended and been torn down; its return code."""
+        if timeout is not None:
+            timeout = arguments.seconds("timeout", timeout)
         with self._lock:
             if self._launch is None:
                 raise NsrunError(f"waiting for sandbox {self.name!r}", "it was not started", "call start() first")
@@ -509,7 +512,7 @@ class Sandbox:
     # -- readiness and output -------------------------------------------------------------------
 
     def _ready_loop(self, what: str, timeout: float, check: Any) -> Any:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + arguments.seconds("timeout", timeout)
         while True:
             result = check()
             if result:
@@ -538,6 +541,8 @@ class Sandbox:
 
     def wait_for_log(self, pattern: str | re.Pattern[str], timeout: float = 10) -> re.Match[str]:
         """Until the command's output matches `pattern`; the match."""
+        if not isinstance(pattern, str) and not (isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str)):
+            raise UsageError(f"invalid pattern {pattern!r}", "the log is text: give a str pattern", "e.g. 'Ready'")
         try:
             regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         except re.error as err:
@@ -615,6 +620,8 @@ class Sandbox:
     ) -> subprocess.CompletedProcess[bytes]:
         """Run `argv` inside the sandbox to the end; its output and return code (as subprocess.run)."""
         argv = arguments.words("command", argv, paths=True)  # once: an iterator is read here
+        if timeout is not None:
+            timeout = arguments.seconds("timeout", timeout)
         process = self.popen(
             argv,
             user=user,

@@ -184,6 +184,8 @@ def stop_command(
 ) -> None:
     """SIGTERM to each sandbox's command; after the timeout, SIGKILL of the whole sandbox (its
     init: everything in it ends). Returns once each is torn down."""
+    if not timeout >= 0:  # NaN is not
+        raise UsageError(f"invalid -t {timeout}", "it must be 0 seconds or more", "e.g. -t 10; -t 0 kills at once")
     require_root()
     from nsrun.launch import control
 
@@ -244,6 +246,8 @@ def logs_command(
 ) -> None:
     """The output of a sandbox started with -d (or from the Python API), running or ended in the
     last day. A sandbox in the foreground writes to its terminal: it has no log."""
+    if tail is not None and tail < 0:
+        raise UsageError(f"invalid --tail {tail}", "it must be 0 lines or more", "e.g. --tail 20")
     require_root()
     from nsrun.launch import control
     from nsrun.state.logbook import LogBook

@@ -41,6 +41,9 @@ BAD_INPUTS = [
     ),
     pytest.param(["network", "rm", "missing"], 125, id="rm-missing-network"),
     pytest.param(["network", "inspect", "missing"], 125, id="inspect-missing-network"),
+    pytest.param(["stop", "-t", "-1", "x"], 2, id="stop-negative-time"),
+    pytest.param(["stop", "-t", "nan", "x"], 2, id="stop-nan-time"),
+    pytest.param(["logs", "--tail", "-1", "x"], 2, id="logs-negative-tail"),
 ]
 
 

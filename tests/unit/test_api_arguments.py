@@ -4,13 +4,15 @@ that becomes the word "None"."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nsrun import Pool, Sandbox
-from nsrun.api.arguments import port, signal_number
+from nsrun.api.arguments import port, seconds, signal_number
 from nsrun.errors import UsageError
 
 
@@ -95,3 +97,30 @@ def test_a_port_to_wait_for_is_an_int(given: Any) -> None:
         port(given)
     with pytest.raises(UsageError, match="a port is an int"):
         Sandbox(["true"]).wait_for_port(given)  # before it looks at the sandbox
+
+
+@pytest.mark.parametrize(("given", "taken"), [(0, 0.0), (1.5, 1.5), (10, 10.0), (math.inf, math.inf)])
+def test_a_timeout_is_seconds_from_zero(given: Any, taken: float) -> None:
+    assert seconds("timeout", given) == taken
+
+
+@pytest.mark.parametrize("given", ["1", -1, math.nan, True, None, [1]])
+def test_anything_else_is_not_a_timeout(given: Any) -> None:
+    """A string failed deep inside (TypeError), NaN waited forever."""
+    with pytest.raises(UsageError, match="a number of seconds, 0 or more"):
+        seconds("timeout", given)
+    sandbox = Sandbox(["true"])
+    calls = [sandbox.stop]
+    if given is not None:  # no bound, for these two
+        calls += [sandbox.wait, lambda t: sandbox.exec(["true"], timeout=t)]
+    for call in calls:
+        with pytest.raises(UsageError, match="a number of seconds"):
+            call(given)  # before it looks at the sandbox
+    with pytest.raises(UsageError, match="a number of seconds"):
+        sandbox.wait_for_log("x", timeout=given)
+
+
+@pytest.mark.parametrize("given", [b"Ready", re.compile(b"Ready"), 5, None])
+def test_a_log_pattern_is_text(given: Any) -> None:
+    with pytest.raises(UsageError, match="the log is text"):
+        Sandbox(["true"]).wait_for_log(given)
