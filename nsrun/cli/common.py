@@ -15,11 +15,21 @@ from nsrun.errors import UsageError
 from nsrun.launch.privileges import require_root
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from typer import _click as click
 
-__all__ = ["ARGV_KEY", "Command", "app", "network_app", "print_error", "print_table", "require_root", "state"]
+__all__ = [
+    "ARGV_KEY",
+    "Command",
+    "app",
+    "interruption_point",
+    "network_app",
+    "print_error",
+    "print_table",
+    "require_root",
+    "state",
+]
 
 ARGV_KEY: Final = "nsrun.argv"
 _HELP_EPILOG: Final = """\
@@ -35,6 +45,24 @@ process); NSRUN_HELPER_IDLE (seconds the helper waits for work before it exits, 
 State: /run/nsrun (leases, live sandboxes, the warm helper's socket), /var/lib/nsrun (networks,
 logs).
 """
+# The warm helper's worker sets these. ACTING: a subcommand (not a launch) is about to act, so
+# its client must not run the command line again should the worker vanish, and passes its
+# signals on to the worker. INTERRUPTION: the client's end is an interruption too.
+ACTING: Callable[[], None] | None = None
+INTERRUPTION: Callable[[], None] | None = None
+
+
+def interruption_point() -> None:
+    """Where a subcommand that waits (wait, logs -f, stop) ends on a signal to nsrun: it raises
+    Interrupted, and nsrun dies of that signal (a Ctrl-C ends `nsrun logs -f`). In the helper's
+    worker, also once its client is gone."""
+    from nsrun.cli.entry import checkpoint
+
+    checkpoint()
+    if INTERRUPTION is not None:
+        INTERRUPTION()
+
+
 # what other tools call these: `nsrun ps` is much likelier a typo than a program in a sandbox
 _FAMILIAR: Final = {
     "ps": "ls",
@@ -89,7 +117,13 @@ class LauncherGroup(TyperGroup):
 
 class Command(TyperCommand):
     """A subcommand whose help names its arguments by their metavars, without typer's type labels
-    (`NAME <str>`, `{NAME}`): what a user types, nothing of how it is parsed."""
+    (`NAME <str>`, `{NAME}`): what a user types, nothing of how it is parsed. In the helper's
+    worker, its client hears that it acts (see ACTING)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        if ACTING is not None:
+            ACTING()
+        return super().invoke(ctx)
 
     def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -13,7 +13,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (on the 
 if TYPE_CHECKING:
     from typing import Final, NoReturn
 
-__all__ = ["Interrupted", "checkpoint", "die_by", "main", "pending_signal", "pending_signals"]
+__all__ = ["EndBySignal", "Interrupted", "checkpoint", "die_by", "main", "pending_signal", "pending_signals"]
 
 # every signal whose default action would end nsrun without its teardown
 HELD_SIGNALS: Final = (
@@ -49,6 +49,15 @@ _pending: list[int] = []
 
 class Interrupted(BaseException):  # like KeyboardInterrupt: not an error to report
     """A held signal, raised at a point where everything done so far will be undone."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class EndBySignal(BaseException):  # not an error: how nsrun ends once its command did
+    """nsrun ends by this signal, as the command it ran did (`nsrun exec`), once it has unwound;
+    in the warm helper's worker, its client does."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -161,7 +170,10 @@ def main() -> NoReturn:
         os._exit(status)
     from nsrun.cli.app import run_cli
 
-    status = run_cli(argv)
+    try:
+        status = run_cli(argv)
+    except (Interrupted, EndBySignal) as ending:  # a subcommand that waited (wait, logs -f, stop), exec
+        die_by(ending.signum)
     if (signum := pending_signal()) is not None:
         die_by(signum)
     sys.exit(status)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import typer
 
-from nsrun.cli.common import Command, app, print_error, print_table, require_root, warn_unlisted
+from nsrun.cli.common import (
+    Command,
+    app,
+    interruption_point,
+    print_error,
+    print_table,
+    require_root,
+    warn_unlisted,
+)
 from nsrun.errors import EXIT_NSRUN_FAILED, NotFoundError, NsrunError, UsageError
 
 if TYPE_CHECKING:
@@ -104,7 +112,7 @@ def exec_command(
     """Run CMD inside a running sandbox (its network, PID, mount, UTS and IPC namespaces), with its
     confinement and its user; exits with CMD's status. Options may also follow NAME."""
     require_root()
-    from nsrun.cli.entry import die_by
+    from nsrun.cli.entry import EndBySignal
     from nsrun.launch.joining import exec_in, plan_exec
     from nsrun.process.terminal import is_terminal
 
@@ -119,7 +127,7 @@ def exec_command(
     if outcome.failure is not None:
         print(f"nsrun: {outcome.failure}", file=sys.stderr)
     if (signum := outcome.signal) is not None:
-        die_by(signum)
+        raise EndBySignal(signum)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -189,7 +197,7 @@ def stop_command(
     require_root()
     from nsrun.launch import control
 
-    _each(names, "stop", lambda record: control.stop(record, timeout))
+    _each(names, "stop", lambda record: control.stop(record, timeout, between=interruption_point))
 
 
 @app.command("kill", cls=Command, short_help="Send a signal to running sandboxes (SIGKILL by default).")
@@ -225,7 +233,7 @@ def wait_command(names: Annotated[list[str], _NAMES]) -> None:
         except NotFoundError:
             record = None
         if record is not None:
-            control.wait_ended(record)
+            control.wait_ended(record, between=interruption_point)
         entry = LogBook(dirs).get(record.sandbox_id) if record is not None else LogBook(dirs).find(name)
         if entry is None or entry.status is None:
             raise NotFoundError(
@@ -274,6 +282,7 @@ def logs_command(
             if follow:
                 record = _find_running(entry.sandbox_id)
                 while record is not None and not control.wait_ended(record, _FOLLOW_POLL):
+                    interruption_point()
                     sys.stdout.buffer.write(source.read())
                     sys.stdout.flush()
                 sys.stdout.buffer.write(source.read())

@@ -54,6 +54,7 @@ _RETRY_AFTER_FAILURE: Final = 60.0
 TAKEN_WAIT: Final = 5.0
 # seconds: a set-up undone on a signal answers within milliseconds; a helper that does not is stuck
 ABORT_WAIT: Final = 5.0
+EXIT_LOST: Final = 125  # nsrun failed: a worker that ran a subcommand vanished before its answer
 _ENV_IDLE: Final = "NSRUN_HELPER_IDLE"  # passed on to the helper it starts
 _SO_PEERCRED_FORMAT: Final = "3i"
 _HELPER_BOOT: Final = (
@@ -201,6 +202,7 @@ class _Waiter:
         self.channel = channel
         self.aborted: int | None = None
         self.taken = False
+        self.acting: int | None = None  # the worker's pid, once it said a subcommand acts there
 
     def await_taken(self) -> tuple[dict[str, Any] | None, list[int]]:
         """{"taken"}, or the helper's refusal ({"fallback"}; None: it went away)."""
@@ -218,7 +220,9 @@ class _Waiter:
         wakeup = signals.Wakeup()
         with wakeup as wake:
             while True:
-                if (signum := pending_signal()) is not None and self.aborted is None:
+                if self.acting is not None:
+                    self._pass_on()
+                elif (signum := pending_signal()) is not None and self.aborted is None:
                     if not self.taken:
                         self.channel.close()
                         die_by(signum)
@@ -231,10 +235,30 @@ class _Waiter:
                 timeout = max(0.0, deadline - time.monotonic()) if deadline is not None else None
                 ready, _, _ = select.select([self.channel.fileno(), wake], [], [], timeout)
                 if self.channel.fileno() in ready:
-                    return self.channel.receive()
+                    message, fds = self.channel.receive()
+                    if message is None or "acting" not in message:
+                        return message, fds
+                    self._act(int(message["acting"]))
+                    deadline = None  # a subcommand takes its time (`nsrun wait`, exec's command)
                 if not ready and _unanswered(self.channel, 0):
                     self._give_up()
                 wakeup.drain()
+
+    def _act(self, worker: int) -> None:
+        """The worker runs a subcommand (exec, wait, stop...): from now on this process's
+        signals are the worker's, as they would be this process's own without a helper."""
+        self.acting = worker
+        if self.aborted is not None:  # it came before: the abort asked for it, this delivers it
+            _kill(worker, self.aborted)
+            self.aborted = None
+        self._pass_on()
+
+    def _pass_on(self) -> None:
+        from nsrun.cli.entry import take_pending
+
+        for signum in take_pending():
+            if self.acting is not None:
+                _kill(self.acting, signum)
 
     def _give_up(self) -> NoReturn:
         from nsrun.cli.entry import die_by
@@ -250,6 +274,13 @@ class _Waiter:
         )
         sys.stderr.flush()
         raise Unavailable("the helper did not take the request")
+
+
+def _kill(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # it ended: its answer is coming
 
 
 class _HelperController:
@@ -468,6 +499,13 @@ def _ask(argv: list[str], *, detached: bool) -> tuple[Channel, dict[str, Any], l
     except Exception as err:  # a closed stdio descriptor, a helper that just went away
         channel.close()
         raise Unavailable(str(err)) from err
+    if message is None and waiter.acting is not None:
+        # a subcommand ran there and may have acted (exec's command ran): never run it again
+        sys.stderr.write(
+            f"nsrun: the command line: the warm helper's worker (pid {waiter.acting}) ended before it"
+            " answered, and what it ran may have acted (see /run/nsrun/helper.log; `nsrun doctor`)\n"
+        )
+        return channel, {"exit": EXIT_LOST}, [], None
     if message is None or "fallback" in message:
         channel.close()
         wire.close_fds(fds)
@@ -504,6 +542,8 @@ def _serve(argv: list[str], *, detached: bool, report: int | None = None) -> int
     channel, message, fds, aborted = _ask(argv, detached=detached)
     try:
         if "exit" in message:
+            if message.get("die") is not None:
+                die_by(int(message["die"]))  # as in-process: the command died of it, or a wait was interrupted
             if aborted is not None:
                 die_by(aborted)
             if report is not None:

@@ -366,9 +366,9 @@ def handle_cni(connection: wire.Socket) -> NoReturn:
 
 def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any]) -> NoReturn:
     """The worker's whole life: run the request, answer, exit (HANDED_OVER after a launch)."""
-    from nsrun.cli import run
+    from nsrun.cli import common, run
     from nsrun.cli.app import run_cli
-    from nsrun.cli.entry import Interrupted
+    from nsrun.cli.entry import EndBySignal, Interrupted, pending_signal
 
     channel = Channel(sock)
     _, fds = _go_ahead(channel, "stdio", len(_STDIO))
@@ -389,15 +389,19 @@ def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any]) 
     os.umask(int(request.get("umask", 0o022)))
     launcher = _Launcher(channel, client_pid, detached=bool(request.get("detached")))
     run.LAUNCHER = launcher
+    common.ACTING = lambda: _acting(channel)
+    common.INTERRUPTION = launcher.checkpoint  # `nsrun wait`, `logs -f`: the client's end ends them
     status = 0
+    die: int | None = None
     handed_over = False
     try:
         launcher.checkpoint()  # the client died, or got a signal, since its go-ahead: nothing runs
         status = run_cli([str(word) for word in request.get("argv", [])])
     except _Handover:
         handed_over = True
-    except Interrupted as interrupt:
-        status = 128 + interrupt.signum  # the set-up was undone; the client dies of that signal
+    except (Interrupted, EndBySignal) as ending:
+        # the set-up was undone, a subcommand's wait interrupted, or exec's command died of it
+        status, die = 128 + ending.signum, ending.signum
     except SystemExit as exit_:
         status = exit_.code if isinstance(exit_.code, int) else 1
     import sys
@@ -406,10 +410,22 @@ def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any]) 
     sys.stderr.flush()
     if handed_over:
         os._exit(HANDED_OVER)
+    die = die if die is not None else pending_signal()  # held while a subcommand acted: as in-process
     try:
-        channel.send({"exit": status})
+        channel.send({"exit": status, "die": die} if die is not None else {"exit": status})
     finally:
         os._exit(0)
+
+
+def _acting(channel: Channel) -> None:
+    """A subcommand (not a launch) is about to act: the client hears it (it will not run the
+    command line again, and passes its signals on to this process), and the signals it passes on
+    are held here as in the client's own process (exec's command gets them, a wait ends)."""
+    from nsrun.cli.entry import hold_signals
+
+    hold_signals()
+    with contextlib.suppress(OSError):  # gone: the next checkpoint finds out
+        channel.send({"acting": os.getpid()})
 
 
 def teardown(connection: wire.Socket, dirs: StateDirs, client_pid: int, job: dict[str, Any]) -> list[str]:

@@ -20,11 +20,14 @@ from nsrun.errors import NsrunError, UsageError
 from nsrun.process import liveness
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from nsrun.state.registry import SandboxRecord
 
 __all__ = ["parse_signal", "send_signal", "stop", "wait_ended"]
 
 _STOP_GRACE: Final = 10.0
+_SLICE: Final = 0.1  # seconds between a waiting caller's checks (a Ctrl-C ends its wait this soon)
 
 
 def parse_signal(text: str) -> int:
@@ -98,31 +101,42 @@ def send_signal(record: SandboxRecord, signum: int) -> None:
         os.close(fd)
 
 
-def wait_ended(record: SandboxRecord, timeout: float | None = None) -> bool:
-    """Until the sandbox's shim has exited (its teardown done); False on timeout."""
+def wait_ended(
+    record: SandboxRecord, timeout: float | None = None, *, between: Callable[[], None] | None = None
+) -> bool:
+    """Until the sandbox's shim has exited (its teardown done); False on timeout. `between` is
+    called every _SLICE seconds meanwhile, and may raise to end the wait (a caller's Ctrl-C)."""
     fd = _shim_fd(record)
     if fd is None:
         return True
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     try:
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = left if between is None else _SLICE if left is None else min(_SLICE, left)
+            if poller.poll(None if step is None else int(step * 1000)):
+                return True
+            if left is not None and step is not None and left <= step:
+                return False
+            if between is not None:
+                between()
     finally:
         os.close(fd)
 
 
-def stop(record: SandboxRecord, timeout: float) -> None:
+def stop(record: SandboxRecord, timeout: float, *, between: Callable[[], None] | None = None) -> None:
     """SIGTERM to the command; after `timeout` seconds SIGKILL of the whole sandbox; returns once
-    it is torn down."""
+    it is torn down (`between`: as for wait_ended)."""
     refuse_attached(record, "stopping")
     with contextlib.suppress(NsrunError):
         send_signal(record, signal.SIGTERM)
-    if wait_ended(record, timeout):
+    if wait_ended(record, timeout, between=between):
         return
     with contextlib.suppress(NsrunError):
         send_signal(record, signal.SIGKILL)
-    deadline = time.monotonic() + _STOP_GRACE
-    if not wait_ended(record, deadline - time.monotonic()):
+    if not wait_ended(record, _STOP_GRACE, between=between):
         raise NsrunError(
             f"stopping sandbox {record.name!r}",
             f"its shim (pid {record.pid}) did not finish its teardown",

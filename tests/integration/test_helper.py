@@ -149,6 +149,26 @@ def test_a_helper_killed_mid_launch_leaves_nothing(world: World, moment: float) 
         raise AssertionError({k: (before[k], after[k]) for k in before if before[k] != after[k]}) from None
 
 
+def test_a_worker_killed_while_exec_runs_is_not_run_again(world: World, tmp_path: Path) -> None:
+    """A subcommand the helper's worker ran may have acted (exec's command ran): if the worker
+    dies before it answers, the client says so and does not run the command line again (as it
+    does a launch, whose command had not run)."""
+    start_helper(world)
+    assert world.nsrun("-d", "--name", "w", "--", "sleep", world.unique(300)).returncode == 0
+    ran = tmp_path / "ran"
+    proc = world.nsrun_popen("exec", "w", "--", "sh", "-c", f"echo ran >> {ran}; exec sleep 60 >/dev/null 2>&1")
+    world.wait_for(ran.exists, what="exec's command to run")
+    for pid in world.helper_pids():  # the helper and its workers
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 125
+    assert err.count("\n") == 1, err
+    assert "ended before it answered" in err
+    assert ran.read_text() == "ran\n"  # once
+    assert world.nsrun("stop", "-t", "0", "w").returncode == 0
+
+
 def test_a_client_killed_is_torn_down_by_the_helper(world: World) -> None:
     start_helper(world)
     assert world.nsrun("-p", "8080", "--", "true").returncode == 0  # the ports chain, made once

@@ -142,6 +142,40 @@ def test_ctrl_c_while_a_detached_launch_waits_stops_it_at_once(world: World, mom
     world.wait_for(lambda: left() == before, what="nothing left")
 
 
+def test_a_signal_ends_a_waiting_subcommand_and_reaches_execs_command_run_once(world: World, tmp_path: Path) -> None:
+    """`nsrun logs -f`, `wait` and `stop` held a Ctrl-C until they were done (`logs -f`: for as
+    long as the sandbox ran); through the helper, exec's command never got it, and an exec whose
+    command died of a signal ran it a second time in-process (the worker died with it)."""
+    assert world.nsrun("--", "true").returncode == 0
+    if world.env.get("NSRUN_HELPER") != "off":
+        world.wait_for(world.helper_running, what="the helper")
+    ticker = ["sh", "-c", "while :; do echo tick; sleep 0.2; done"]
+    assert world.nsrun("-d", "--name", "w", "--", *ticker).returncode == 0
+    assert world.nsrun("-d", "--name", "deaf", "--", "sh", "-c", "trap '' TERM; sleep 300").returncode == 0
+    ran = tmp_path / "ran"
+    died = world.nsrun("exec", "w", "--", "sh", "-c", f"echo ran >> {ran}; kill -TERM $$")
+    assert died.returncode == -signal.SIGTERM, died.stderr
+    assert ran.read_text() == "ran\n"  # once
+    for argv in (["logs", "-f", "w"], ["wait", "w"], ["stop", "-t", "60", "deaf"]):
+        proc = world.popen(sys.executable, "-m", "nsrun", *argv)
+        world.wait_for(lambda: world.holds_signals(proc.pid), timeout=20, what="nsrun's entry point")  # noqa: B023
+        time.sleep(1)  # a signal before its wait ends it as well; this one comes during it
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == -signal.SIGINT, (argv, err)
+        assert time.monotonic() - start < 5, argv
+        assert err == ""
+    marker = tmp_path / "trapping"
+    trapping = f"trap 'echo got INT; exit 3' INT; touch {marker}; sleep 60 >/dev/null 2>&1 & wait"
+    proc = world.popen(sys.executable, "-m", "nsrun", "exec", "w", "--", "sh", "-c", trapping)
+    world.wait_for(marker.exists, what="exec's command to run")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (3, "got INT\n", "")
+    assert world.nsrun("stop", "-t", "0", "w", "deaf").returncode == 0
+
+
 def test_kill_logs_follow_and_unknown_names(world: World) -> None:
     assert (
         world.nsrun("-d", "--name", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two; sleep 300").returncode
