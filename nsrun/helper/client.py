@@ -237,6 +237,8 @@ class _Waiter:
                 if self.channel.fileno() in ready:
                     message, fds = self.channel.receive()
                     if message is None or "acting" not in message:
+                        if self.acting is not None:
+                            signals.signal(signals.SIGWINCH, signals.SIG_DFL)
                         return message, fds
                     self._act(int(message["acting"]))
                     deadline = None  # a subcommand takes its time (`nsrun wait`, exec's command)
@@ -248,6 +250,8 @@ class _Waiter:
         """The worker runs a subcommand (exec, wait, stop...): from now on this process's
         signals are the worker's, as they would be this process's own without a helper."""
         self.acting = worker
+        # a terminal's resize: exec's relay there copies the new size to the sandbox's terminal
+        signals.signal(signals.SIGWINCH, lambda _signum, _frame: _kill(worker, signals.SIGWINCH))
         if self.aborted is not None:  # it came before: the abort asked for it, this delivers it
             _kill(worker, self.aborted)
             self.aborted = None

@@ -25,6 +25,9 @@ from nsrun.confine.capabilities import ALL_CAPS, DEFAULT_CAPS
 from tests.world import PEER_SERVER, SYSTEM_PYTHON, UPLINK_ADDRESS, WAN_ADDRESS
 
 if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Callable
+
     from tests.world import World
 
 pytestmark = pytest.mark.privileged
@@ -193,7 +196,8 @@ def test_command_cannot_type_into_the_callers_terminal(world: World, tty: list[s
     assert b"X" not in output.replace(b"Operation", b"")  # nothing typed into the caller's input
 
 
-def test_interactive_shell_keeps_job_control_resize_and_status(world: World) -> None:
+def _interactive(world: World, *argv: str) -> tuple[subprocess.Popen[str], int, Callable[[bytes], None]]:
+    """nsrun ARGV in a terminal of 30x100 (a pty it controls); the pty's master, and `expect`."""
     master, slave = os.openpty()
     fcntl.ioctl(master, termios.TIOCSWINSZ, bytes([30, 0, 100, 0, 0, 0, 0, 0]))
 
@@ -201,7 +205,7 @@ def test_interactive_shell_keeps_job_control_resize_and_status(world: World) -> 
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
     proc = world.popen(
-        sys.executable, "-m", "nsrun", "--", "sh", "-i",
+        sys.executable, "-m", "nsrun", *argv,
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=controlling_terminal,
     )  # fmt: skip
     os.close(slave)
@@ -218,6 +222,19 @@ def test_interactive_shell_keeps_job_control_resize_and_status(world: World) -> 
                 break
         seen = seen[seen.index(text) + len(text) :]
 
+    return proc, master, expect
+
+
+def _resize(proc: subprocess.Popen[str], master: int, expect: Callable[[bytes], None]) -> None:
+    fcntl.ioctl(master, termios.TIOCSWINSZ, bytes([40, 0, 120, 0, 0, 0, 0, 0]))
+    proc.send_signal(signal.SIGWINCH)  # what the terminal does on a resize
+    time.sleep(0.3)
+    os.write(master, b"stty size\n")
+    expect(b"40 120")
+
+
+def test_interactive_shell_keeps_job_control_resize_and_status(world: World) -> None:
+    proc, master, expect = _interactive(world, "--", "sh", "-i")
     os.write(master, b"tty; stty size\n")
     expect(b"/dev/pts/0")
     expect(b"30 100")
@@ -226,14 +243,28 @@ def test_interactive_shell_keeps_job_control_resize_and_status(world: World) -> 
     os.write(master, b"\x03")  # Ctrl-C: the sandbox's terminal signals its foreground job
     os.write(master, b"echo after:$?\n")
     expect(b"after:130")
-    fcntl.ioctl(master, termios.TIOCSWINSZ, bytes([40, 0, 120, 0, 0, 0, 0, 0]))
-    proc.send_signal(signal.SIGWINCH)  # what the terminal does on a resize
-    time.sleep(0.3)
-    os.write(master, b"stty size\n")
-    expect(b"40 120")
+    _resize(proc, master, expect)
     os.write(master, b"exit 7\n")
     assert proc.wait(timeout=10) == 7
     os.close(master)
+
+
+def test_interactive_exec_keeps_resize_and_status(world: World) -> None:
+    """Through the warm helper, exec's terminal relay runs in the helper's worker: the resize
+    nsrun is told of must reach it (it did not: the shell kept 30x100)."""
+    assert world.nsrun("--", "true").returncode == 0
+    if world.env.get("NSRUN_HELPER") != "off":
+        world.wait_for(world.helper_running, what="the helper")
+    assert world.nsrun("-d", "--name", "w", "--", "sleep", world.unique(300)).returncode == 0
+    proc, master, expect = _interactive(world, "exec", "w", "--", "sh", "-i")
+    os.write(master, b"tty; stty size\n")
+    expect(b"/dev/pts/")
+    expect(b"30 100")
+    _resize(proc, master, expect)
+    os.write(master, b"exit 7\n")
+    assert proc.wait(timeout=10) == 7
+    os.close(master)
+    assert world.nsrun("stop", "-t", "0", "w").returncode == 0
 
 
 # -- network ------------------------------------------------------------------------------------
