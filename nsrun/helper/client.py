@@ -196,7 +196,9 @@ class _Waiter:
     request held no descriptor, so none of this process's stays open in the helper's queue). A
     signal before that ends this process at once (nothing was taken); after it, the helper undoes
     the set-up and answers, and one that does not within ABORT_WAIT is left: this process dies of
-    the signal, and what the helper made in its name is reclaimed once it is gone."""
+    the signal, and what the helper made in its name is reclaimed once it is gone. A subcommand
+    (exec, wait, stop...) is not a set-up: once the worker says it acts, this process's signals
+    are passed on to the worker, as signals."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -506,8 +508,9 @@ def _ask(argv: list[str], *, detached: bool) -> tuple[Channel, dict[str, Any], l
     if message is None and waiter.acting is not None:
         # a subcommand ran there and may have acted (exec's command ran): never run it again
         sys.stderr.write(
-            f"nsrun: the command line: the warm helper's worker (pid {waiter.acting}) ended before it"
-            " answered, and what it ran may have acted (see /run/nsrun/helper.log; `nsrun doctor`)\n"
+            f"nsrun: running the command line in the warm helper: its worker (pid {waiter.acting}) ended"
+            " before it answered, and what it ran may have taken effect: not run again (see"
+            f" {os.path.join(RUN_DIR, LOG_NAME)}; `nsrun doctor` checks the host)\n"
         )
         return channel, {"exit": EXIT_LOST}, [], None
     if message is None or "fallback" in message:

@@ -368,8 +368,9 @@ def handle_request(sock: wire.Socket, client_pid: int, request: dict[str, Any]) 
     """The worker's whole life: run the request, answer, exit (HANDED_OVER after a launch)."""
     from nsrun.cli import common, run
     from nsrun.cli.app import run_cli
-    from nsrun.cli.entry import EndBySignal, Interrupted, pending_signal
+    from nsrun.cli.entry import EndBySignal, Interrupted, pending_signal, take_pending
 
+    take_pending()  # one the helper held before this worker was forked is not this request's
     channel = Channel(sock)
     _, fds = _go_ahead(channel, "stdio", len(_STDIO))
 
