@@ -91,7 +91,11 @@ def send_signal(record: SandboxRecord, signum: int) -> None:
     refuse_attached(record, "signalling")
     if signum == signal.SIGSTOP:
         raise UsageError("nsrun kill -s STOP", "a stopped shim could not pass SIGCONT on", "use -s TSTP")
-    fd = _init_fd(record) if signum == signal.SIGKILL else _shim_fd(record)
+    # SIGKILL goes to the init (everything in the sandbox ends with it); before the command has
+    # started (a Pool's spare) there is none yet: the shim's end ends the sandbox then, as any
+    # signal to a shim that waits for its command does
+    started = record.init_pid is not None
+    fd = _init_fd(record) if signum == signal.SIGKILL and started else _shim_fd(record)
     if fd is None:
         raise NsrunError(f"signalling sandbox {record.name!r}", "it has ended", "see `nsrun ls`")
     try:

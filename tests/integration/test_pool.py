@@ -150,6 +150,37 @@ def test_killed_spares_are_passed_over_and_a_killed_program_leaks_nothing(world:
     world.wait_for(lambda: _without(world.snapshot(), handed_out) == before, what="nothing left of the pool")
 
 
+def test_nsrun_kill_and_stop_end_a_spare(world: World, tmp_path: Path) -> None:
+    """A spare has no init yet: `nsrun kill` said "it has ended" of it; it ends it now, as stop
+    does, and the pool passes over it."""
+    script = tmp_path / "pool.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys, time
+        from nsrun import Pool, Sandbox
+        with Pool(size=2) as pool:
+            while pool.ready < 2:
+                time.sleep(0.05)
+            print("ready", flush=True)
+            sys.stdin.readline()
+            print(Sandbox(["sh", "-c", "exit 6"], pool=pool).start().wait(), flush=True)
+        """)
+    )
+    program = world.popen(sys.executable, str(script), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert program.stdout is not None
+    assert program.stdin is not None
+    assert program.stdout.readline().strip() == "ready"
+    spares = [str(record["sandbox_id"]) for record in _records(world)]
+    for verb, spare in zip(("kill", "stop"), spares, strict=True):
+        result = world.nsrun(verb, spare)
+        assert result.returncode == 0, result.stderr
+    world.wait_for(lambda: not set(spares) & {str(r["sandbox_id"]) for r in _records(world)}, what="both to end")
+    program.stdin.write("go\n")
+    program.stdin.flush()
+    assert program.stdout.readline().strip() == "6"
+    assert program.wait(timeout=30) == 0
+
+
 def test_a_pool_that_cannot_make_sandboxes_says_why_and_leaves_nothing(world: World) -> None:
     before = world.snapshot()
     result = world.run(sys.executable, "-c", "from nsrun import Pool\nwith Pool(network='nosuch'): pass", timeout=60)
