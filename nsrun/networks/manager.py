@@ -43,9 +43,11 @@ __all__ = [
     "ensure_host_side",
     "ensure_loaded",
     "firewall_memo",
+    "holds_gateway",
     "live_leases",
     "load_network",
     "remove_network",
+    "renamed_bridge",
     "sweep_stale_leases",
 ]
 
